@@ -1,0 +1,1 @@
+"""Fake Slack and fake Polytomic servers on loopback, for tests, benchmarks and the demo."""

@@ -1,0 +1,1 @@
+"""The Polytomic side: typed models, errors, an async client and name resolution."""
