@@ -20,7 +20,7 @@ class ThreadedServer:
     def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, ws: str = "auto") -> None:
         self._app = app
         self.host = host
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.port = self._sock.getsockname()[1]
