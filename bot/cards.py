@@ -790,6 +790,16 @@ def state_reply(w: WatchView, state: str, detail: str | None) -> dict[str, Any]:
     return _message(text, [_section(body)])
 
 
+def cancel_requested_reply(w: WatchView, state: str | None) -> dict[str, Any]:
+    """The first reply of the thread: who asked for what, and that Polytomic took the request."""
+    was = f" (it was {_state(state)})" if state else ""
+    text = (
+        f"🛑 {user_mention(w.requested_by)} asked to cancel {_target(w)}{was}. "
+        "Polytomic accepted the request; I will post each change here until it ends."
+    )
+    return _simple(text)
+
+
 def final_reply(w: WatchView, outcome: str, *, took_s: float, detail: str | None) -> dict[str, Any]:
     """The last reply of the thread; its `text` names the terminal state."""
     head = _outcome_phrase(w, outcome, human_duration(took_s))

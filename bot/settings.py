@@ -64,8 +64,13 @@ class Settings(BaseSettings):
         return _csv(value)
 
     @field_validator(
-        "slack_app_token", "slack_signing_secret", "polytomic_org_id", "polytomic_webhook_secret",
-        "bot_alert_channel", "bot_mode", mode="before",
+        "slack_app_token",
+        "slack_signing_secret",
+        "polytomic_org_id",
+        "polytomic_webhook_secret",
+        "bot_alert_channel",
+        "bot_mode",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -131,7 +136,9 @@ class Settings(BaseSettings):
         if self.mode == "socket" and self.slack_app_token is None:
             raise ValueError("SLACK_APP_TOKEN: required when BOT_MODE=socket")
         if self.mode == "http" and self.slack_signing_secret is None:
-            raise ValueError("SLACK_SIGNING_SECRET: required in HTTP mode (BOT_MODE=http or no SLACK_APP_TOKEN)")
+            raise ValueError(
+                "SLACK_SIGNING_SECRET: required in HTTP mode (BOT_MODE=http or no SLACK_APP_TOKEN)"
+            )
         return self
 
     # Derived values -------------------------------------------------------------------------
@@ -164,11 +171,11 @@ def async_database_url(url: str) -> str:
     if url.startswith("sqlite+") or url.startswith("postgresql+"):
         return url
     if url.startswith("sqlite:"):
-        return "sqlite+aiosqlite:" + url[len("sqlite:"):]
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
     if url.startswith("postgres://"):
-        return "postgresql+asyncpg://" + url[len("postgres://"):]
+        return "postgresql+asyncpg://" + url[len("postgres://") :]
     if url.startswith("postgresql:"):
-        return "postgresql+asyncpg:" + url[len("postgresql:"):]
+        return "postgresql+asyncpg:" + url[len("postgresql:") :]
     return url
 
 
@@ -176,7 +183,7 @@ def _describe(error: dict) -> str:
     loc = [str(part) for part in error.get("loc", ()) if part != "__root__"]
     msg = str(error.get("msg", "invalid"))
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if not loc:
         # model-level validators put the variable name at the start of the message already.
         return msg

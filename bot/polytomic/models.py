@@ -14,13 +14,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Bulk execution status (BulkExecutionStatus in the SDK).
 EXECUTION_STATUSES = (
-    "created", "scheduled", "running", "exporting", "canceling", "canceled",
-    "completed", "failed", "processing", "errors", "interrupted",
+    "created",
+    "scheduled",
+    "running",
+    "exporting",
+    "canceling",
+    "canceled",
+    "completed",
+    "failed",
+    "processing",
+    "errors",
+    "interrupted",
 )
 # Bulk schema execution status (BulkSchemaExecutionStatus): no `canceling`, no `errors`.
 SCHEMA_STATUSES = (
-    "created", "scheduled", "running", "exporting", "canceled", "completed",
-    "failed", "interrupted", "processing",
+    "created",
+    "scheduled",
+    "running",
+    "exporting",
+    "canceled",
+    "completed",
+    "failed",
+    "interrupted",
+    "processing",
 )
 # Documented terminal set is completed/canceled/failed; `errors` (completed with errors) and
 # `interrupted` are treated as terminal too (reference §3.3).

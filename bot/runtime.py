@@ -1,0 +1,250 @@
+"""Assembles the bot from its parts and runs it: one process, one event loop.
+
+The HTTP listener (uvicorn + Starlette) serves health, readiness and metrics in both modes, and
+`POST /slack/events` in HTTP mode; Socket Mode connects out with the app-level token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from bot.access import Access
+from bot.notifier import Notifier
+from bot.polytomic.client import PolytomicClient
+from bot.service import CancelService
+from bot.settings import Settings
+from bot.slack_app import SlackHandlers
+from bot.store import Store
+from bot.watcher import Watcher
+
+log = logging.getLogger("bot.runtime")
+
+MAX_SLACK_BODY = 256 * 1024  # Slack's own payloads are far smaller; refuse anything larger unread
+
+
+class StartupError(Exception):
+    """A start-up failure worth one line to the operator (bad token, unreachable database)."""
+
+
+def slack_client(settings: Settings) -> AsyncWebClient:
+    return AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_base,
+        timeout=10,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=3),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+            AsyncServerErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, owner: str | None = None, lease_s: float = 30.0) -> None:
+        self.settings = settings
+        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease_s = lease_s
+        self.store: Store | None = None
+        self.client: PolytomicClient | None = None
+        self.slack: AsyncWebClient | None = None
+        self.watcher: Watcher | None = None
+        self.socket_handler = None
+        self.app: AsyncApp | None = None
+        self.http_app = self._build_http()
+        self._ready = False
+
+    # -- parts -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        try:
+            self.store = await Store.open(s.bot_database_url)
+        except Exception as exc:
+            raise StartupError(f"BOT_DATABASE_URL: cannot open the database ({type(exc).__name__})") from None
+        self.client = PolytomicClient.from_settings(s)
+        self.slack = slack_client(s)
+        access = Access(
+            users=s.bot_allowed_users,
+            usergroups=s.bot_allowed_usergroups,
+            channels=s.bot_allowed_channels,
+            fetch_members=self._usergroup_members,
+        )
+        try:
+            auth = await self.slack.auth_test()
+        except Exception as exc:
+            code = (
+                getattr(getattr(exc, "response", None), "get", lambda _k: None)("error") or type(exc).__name__
+            )
+            raise StartupError(f"SLACK_BOT_TOKEN: Slack auth.test failed ({code})") from None
+        access.own_team_id = auth.get("team_id")
+        access.own_enterprise_id = auth.get("enterprise_id") or None
+        self.bot_user_id = auth.get("user_id")
+        notifier = Notifier(self.slack)
+        service = CancelService(
+            client=self.client,
+            store=self.store,
+            notifier=notifier,
+            access=access,
+            watch_timeout_s=s.bot_watch_timeout_s,
+            owner=self.owner,
+            lease_s=self.lease_s,
+        )
+        self.watcher = Watcher(
+            store=self.store,
+            client=self.client,
+            service=service,
+            owner=self.owner,
+            poll_interval_s=s.bot_poll_interval_s,
+            poll_max_interval_s=s.bot_poll_max_interval_s,
+            lease_s=self.lease_s,
+        )
+        service.on_watch = self.watcher.track
+        self.service = service
+        self.app = AsyncApp(
+            client=self.slack,
+            signing_secret=s.slack_signing_secret.get_secret_value() if s.slack_signing_secret else "unused",
+            request_verification_enabled=s.mode == "http",
+            ignoring_self_events_enabled=True,
+        )
+        SlackHandlers(
+            app=self.app,
+            client=self.client,
+            service=service,
+            access=access,
+            notifier=notifier,
+            slack=self.slack,
+        ).register()
+        self._bolt_http = AsyncSlackRequestHandler(self.app)
+        self.watcher.start()
+        if s.mode == "socket":
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            self.socket_handler = AsyncSocketModeHandler(
+                self.app, s.slack_app_token.get_secret_value(), web_client=self.slack
+            )
+            await self.socket_handler.connect_async()
+        self._ready = True
+        log.info("bot started in %s mode as %s (owner %s)", s.mode, self.bot_user_id, self.owner)
+
+    async def _usergroup_members(self, group_id: str) -> list[str]:
+        response = await self.slack.usergroups_users_list(usergroup=group_id)
+        return list(response.get("users") or [])
+
+    async def stop(self) -> None:
+        self._ready = False
+        if self.socket_handler is not None:
+            with contextlib.suppress(Exception):
+                await self.socket_handler.close_async()
+        if self.watcher is not None:
+            await self.watcher.stop(release=True)
+        if self.client is not None:
+            await self.client.aclose()
+        if self.store is not None:
+            await self.store.close()
+        if self.slack is not None and getattr(self.slack, "session", None) is not None:
+            with contextlib.suppress(Exception):
+                await self.slack.session.close()
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _build_http(self) -> Starlette:
+        async def slack_events(request: Request) -> Response:
+            if self.settings.mode != "http" or self.app is None:
+                return PlainTextResponse("not found", status_code=404)
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_SLACK_BODY):
+                return PlainTextResponse("payload too large", status_code=413)
+            return await self._bolt_http.handle(request)
+
+        async def healthz(_request: Request) -> Response:
+            return JSONResponse({"ok": True})
+
+        async def readyz(_request: Request) -> Response:
+            checks = {"started": self._ready}
+            checks["database"] = bool(self.store is not None and await self.store.ping())
+            if self.settings.mode == "socket":
+                client = getattr(self.socket_handler, "client", None)
+                connected = False
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        connected = bool(await client.is_connected())
+                checks["slack_socket"] = connected
+            ok = all(checks.values())
+            return JSONResponse({"ok": ok, **checks}, status_code=200 if ok else 503)
+
+        async def metrics(_request: Request) -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+        return Starlette(
+            routes=[
+                Route("/slack/events", slack_events, methods=["POST"]),
+                Route("/healthz", healthz, methods=["GET"]),
+                Route("/readyz", readyz, methods=["GET"]),
+                Route("/metrics", metrics, methods=["GET"]),
+            ]
+        )
+
+
+class HttpServer(uvicorn.Server):
+    """uvicorn without its own signal capture: it re-raises SIGTERM after serving, which would
+    kill the process before leases are released. The caller decides what a signal does."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def http_server(app, host: str, port: int) -> HttpServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=3,
+    )
+    return HttpServer(config)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT: then stop taking work, let requests in flight finish (their acks),
+    release leases and exit."""
+    runtime = Runtime(settings)
+    server = http_server(runtime.http_app, settings.bot_host, settings.bot_port)
+    loop = asyncio.get_running_loop()
+
+    def _exit() -> None:
+        log.info("signal received: shutting down")
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, _exit)
+    await runtime.start()
+    try:
+        await server.serve()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(runtime.stop(), timeout=8)

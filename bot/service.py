@@ -1,0 +1,352 @@
+"""The cancellation, free of Slack wiring: authorize, resolve names, re-read the run, dedupe,
+record, send the cancel once, and hand the watch to the watcher.
+
+Order matters and is chosen so that nothing is sent twice or forgotten:
+1. the watch row is created first; a unique index on unfinished watches makes a second click, a
+   second engineer or another replica find the existing one instead of cancelling again;
+2. the headline is posted (or the clicked card becomes it), so the thread exists before anything
+   happens in Polytomic; if the bot cannot post there, nothing is cancelled;
+3. the cancel is sent with the watch's own Idempotency-Key (a restart re-sends with that same key);
+4. the watcher polls until the run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from bot.access import Access
+from bot.errors import NothingRunning, UnknownName
+from bot.notifier import Notifier, SlackWriteError
+from bot.polytomic.client import PolytomicClient, new_idempotency_key
+from bot.polytomic.errors import NotFound, PolytomicError
+from bot.polytomic.models import BulkSync, SyncStatus, is_running, is_terminal
+from bot.polytomic.resolve import looks_like_uuid, resolve_schema, resolve_sync
+from bot.store import Store, Watch
+
+log = logging.getLogger("bot.service")
+
+
+@dataclass
+class Origin:
+    """Who asked, from where."""
+
+    team_id: str
+    user_id: str
+    channel_id: str
+    enterprise_id: str | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    source_ts: str | None = None  # the clicked (non-ephemeral) card, which becomes the headline
+
+
+@dataclass
+class Target:
+    sync: BulkSync
+    status: SyncStatus
+    schema_id: str | None
+    schema_label: str | None
+    execution_id: str
+    state: str | None
+
+
+@dataclass
+class CancelResult:
+    watch: Watch
+    created: bool  # False: somebody already asked; this request joined that watch
+    newly_joined: bool = False
+
+
+class CannotPost(Exception):
+    """The bot cannot post in the channel; nothing was cancelled."""
+
+    def __init__(self, error: str, channel_id: str) -> None:
+        super().__init__(error)
+        self.error = error
+        self.channel_id = channel_id
+
+
+def dedupe_key(team_id: str, sync_id: str, schema_id: str | None, execution_id: str | None) -> str:
+    return f"{team_id}:{sync_id}:{schema_id if schema_id is not None else '*'}:{execution_id or '-'}"
+
+
+class CancelService:
+    def __init__(
+        self,
+        *,
+        client: PolytomicClient,
+        store: Store,
+        notifier: Notifier,
+        access: Access,
+        watch_timeout_s: float,
+        owner: str,
+        lease_s: float,
+        on_watch: Callable[[Watch], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.notifier = notifier
+        self.access = access
+        self.watch_timeout_s = watch_timeout_s
+        self.owner = owner
+        self.lease_s = lease_s
+        self.on_watch = on_watch
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def find_sync(self, ref: str) -> BulkSync:
+        ref = ref.strip()
+        if looks_like_uuid(ref):
+            try:
+                return await self.client.get_sync(ref)
+            except NotFound:
+                raise UnknownName("sync", ref, []) from None
+        return resolve_sync(ref, await self.client.list_syncs())
+
+    async def locate(self, sync_ref: str, schema_ref: str | None, *, exact_ids: bool = False) -> Target:
+        """Resolve names and read the run's current state. `exact_ids`: the refs are ids from a
+        button value, not names typed by a person."""
+        if exact_ids:
+            if not looks_like_uuid(sync_ref):
+                raise UnknownName("sync", sync_ref, [])
+            try:
+                sync = await self.client.get_sync(sync_ref)
+            except NotFound:
+                raise UnknownName("sync", sync_ref, []) from None
+        else:
+            sync = await self.find_sync(sync_ref)
+        status = await self.client.get_sync_status(sync.id or sync_ref)
+        current = status.current_execution
+        schema_id = schema_label = None
+        if schema_ref is not None:
+            if exact_ids:
+                schema_id = schema_ref
+            else:
+                schemas = await self.client.list_schemas(sync.id or sync_ref)
+                schema_id = resolve_schema(schema_ref, schemas, current.schemas if current else ())
+        what = _what(sync, schema_id)
+        if current is None or not current.id or is_terminal(current.status):
+            last = status.last_execution
+            raise NothingRunning(what, last.status if last else None)
+        state = current.status
+        if schema_id is not None:
+            entry = current.schema_entry(schema_id)
+            if entry is None or not is_running(entry.status):
+                raise NothingRunning(what, entry.status if entry else None)
+            state = entry.status
+            schema_label = entry.output_name or schema_id
+        if current.status == "canceling" and schema_id is None:
+            state = "canceling"
+        return Target(sync, status, schema_id, schema_label, current.id, state)
+
+    # -- the cancellation -----------------------------------------------------------------
+
+    async def request_cancel(
+        self, origin: Origin, sync_ref: str, schema_ref: str | None, *, exact_ids: bool = False
+    ) -> CancelResult:
+        await self.access.check_cancel(
+            user_id=origin.user_id,
+            channel_id=origin.channel_id,
+            team_id=origin.team_id,
+            enterprise_id=origin.enterprise_id,
+        )
+        target = await self.locate(sync_ref, schema_ref, exact_ids=exact_ids)
+        sync_id = target.sync.id or sync_ref
+
+        # A whole-execution cancel already under way covers every schema of that execution.
+        keys = [dedupe_key(origin.team_id, sync_id, None, target.execution_id)]
+        if target.schema_id is not None:
+            keys.append(dedupe_key(origin.team_id, sync_id, target.schema_id, target.execution_id))
+        for key in keys[:-1]:
+            existing = await self.store.find_unfinished(key)
+            if existing is not None:
+                return await self._join(existing, origin)
+
+        now = self._clock()
+        watch = Watch(
+            id=uuid.uuid4().hex,
+            dedupe_key=keys[-1],
+            team_id=origin.team_id,
+            channel_id=origin.channel_id,
+            root_ts=None,
+            sync_id=sync_id,
+            sync_name=target.sync.name or sync_id,
+            schema_id=target.schema_id,
+            schema_label=target.schema_label,
+            execution_id=target.execution_id,
+            requested_by=origin.user_id,
+            also_requested=[],
+            idempotency_key=new_idempotency_key(),
+            cancel_state="pending",
+            last_state=target.state,
+            api_trouble=False,
+            created_at=now,
+            deadline_at=now + timedelta(seconds=self.watch_timeout_s),
+            finished_at=None,
+            outcome=None,
+            final_posted=False,
+            lease_owner=self.owner,
+            lease_until=now + timedelta(seconds=self.lease_s),
+            next_poll_at=now,
+            request_id=origin.request_id,
+            source_ts=origin.source_ts,
+        )
+        watch, created = await self.store.create_watch(watch)
+        if not created:
+            return await self._join(watch, origin)
+        await self.store.audit(
+            action="cancel_requested",
+            outcome="accepted",
+            team_id=origin.team_id,
+            user_id=origin.user_id,
+            channel_id=origin.channel_id,
+            sync_id=sync_id,
+            schema_id=target.schema_id,
+            execution_id=target.execution_id,
+            request_id=origin.request_id,
+            watch_id=watch.id,
+        )
+        await self.start(watch)
+        return CancelResult(watch, True)
+
+    async def _join(self, watch: Watch, origin: Origin) -> CancelResult:
+        newly = await self.store.add_requester(watch.id, origin.user_id)
+        await self.store.audit(
+            action="cancel_requested",
+            outcome="duplicate",
+            team_id=origin.team_id,
+            user_id=origin.user_id,
+            channel_id=origin.channel_id,
+            sync_id=watch.sync_id,
+            schema_id=watch.schema_id,
+            execution_id=watch.execution_id,
+            request_id=origin.request_id,
+            watch_id=watch.id,
+        )
+        if newly:
+            fresh = await self.store.get_watch(watch.id) or watch
+            if fresh.root_ts:
+                try:
+                    await self.notifier.also_asked(fresh, origin.user_id)
+                except SlackWriteError as exc:
+                    log.warning("could not add 'also asked' to watch %s: %s", watch.id, exc.error)
+            watch = fresh
+        return CancelResult(watch, False, newly_joined=newly)
+
+    async def start(self, watch: Watch) -> None:
+        """Headline first, then the cancel, then the watcher. Also used to resume a watch whose
+        cancel was never confirmed sent (a restart in between)."""
+        if not watch.root_ts:
+            try:
+                watch.root_ts = await self.notifier.open_headline(watch)
+            except SlackWriteError as exc:
+                if exc.permanent:
+                    await self._abandon(watch, exc.error)
+                    raise CannotPost(exc.error, watch.channel_id) from None
+                raise
+            await self.store.update_watch(watch.id, root_ts=watch.root_ts)
+        if watch.cancel_state == "pending":
+            await self.send_cancel(watch)
+        if self.on_watch is not None and watch.finished_at is None:
+            self.on_watch(watch)
+
+    async def send_cancel(self, watch: Watch) -> None:
+        try:
+            if watch.schema_id is not None:
+                await self.client.cancel_schema(
+                    watch.sync_id, watch.schema_id, idempotency_key=watch.idempotency_key
+                )
+            else:
+                await self.client.cancel_execution(
+                    watch.sync_id, watch.execution_id or "", idempotency_key=watch.idempotency_key
+                )
+        except PolytomicError as exc:
+            watch.cancel_state = "failed"
+            await self.store.update_watch(watch.id, cancel_state="failed")
+            await self.store.audit(
+                action="cancel_sent",
+                outcome=f"error:{type(exc).__name__}",
+                team_id=watch.team_id,
+                user_id=watch.requested_by,
+                channel_id=watch.channel_id,
+                sync_id=watch.sync_id,
+                schema_id=watch.schema_id,
+                execution_id=watch.execution_id,
+                detail=exc.message[:500],
+                request_id=watch.request_id,
+                watch_id=watch.id,
+            )
+            await self.conclude(watch, "cancel_failed", detail=exc.message)
+            raise
+        watch.cancel_state = "sent"
+        await self.store.update_watch(watch.id, cancel_state="sent")
+        await self.store.audit(
+            action="cancel_sent",
+            outcome="sent",
+            team_id=watch.team_id,
+            user_id=watch.requested_by,
+            channel_id=watch.channel_id,
+            sync_id=watch.sync_id,
+            schema_id=watch.schema_id,
+            execution_id=watch.execution_id,
+            request_id=watch.request_id,
+            watch_id=watch.id,
+        )
+        try:
+            await self.notifier.cancel_requested(watch)
+        except SlackWriteError as exc:
+            log.warning("could not post 'cancellation requested' for watch %s: %s", watch.id, exc.error)
+
+    async def conclude(self, watch: Watch, outcome: str, *, detail: str | None = None) -> None:
+        """Record the end once and post the terminal reply once (CONTRACT: exactly once)."""
+        if watch.finished_at is None:
+            await self.store.finish_watch(watch.id, outcome)
+            fresh = await self.store.get_watch(watch.id)
+            if fresh is not None:
+                watch.finished_at, watch.outcome = fresh.finished_at, fresh.outcome
+                watch.final_posted = fresh.final_posted
+        if watch.final_posted:
+            return
+        took = ((watch.finished_at or self._clock()) - watch.created_at).total_seconds()
+        await self.notifier.final(watch, watch.outcome or outcome, took_s=max(took, 0.0), detail=detail)
+        watch.final_posted = True
+        await self.store.mark_final_posted(watch.id)
+        await self.store.audit(
+            action="watch_ended",
+            outcome=watch.outcome or outcome,
+            team_id=watch.team_id,
+            user_id=watch.requested_by,
+            channel_id=watch.channel_id,
+            sync_id=watch.sync_id,
+            schema_id=watch.schema_id,
+            execution_id=watch.execution_id,
+            detail=(detail or "")[:500] or None,
+            request_id=watch.request_id,
+            watch_id=watch.id,
+        )
+
+    async def _abandon(self, watch: Watch, error: str) -> None:
+        """Nothing was sent and no thread exists: close the watch quietly (the user is told)."""
+        await self.store.finish_watch(watch.id, "not_sent")
+        await self.store.mark_final_posted(watch.id)
+        await self.store.audit(
+            action="cancel_requested",
+            outcome=f"not_sent:{error}",
+            team_id=watch.team_id,
+            user_id=watch.requested_by,
+            channel_id=watch.channel_id,
+            sync_id=watch.sync_id,
+            schema_id=watch.schema_id,
+            execution_id=watch.execution_id,
+            request_id=watch.request_id,
+            watch_id=watch.id,
+        )
+
+
+def _what(sync: BulkSync, schema_id: str | None) -> str:
+    name = sync.name or sync.id or "?"
+    return f"{schema_id} in {name}" if schema_id is not None else name
