@@ -140,6 +140,8 @@ class SlackHandlers:
             command = commands.parse(body.get("text") or "")
         except (UsageError, AccessDenied) as exc:
             await ack(response_type="ephemeral", **self._render(exc, origin))
+            if isinstance(exc, AccessDenied):
+                await self._audit_denied(exc, origin, "command")
             return
         if isinstance(command, commands.Help):
             await ack(response_type="ephemeral", **cards.help_message(commands.USAGE))
@@ -323,7 +325,24 @@ class SlackHandlers:
         )
         return cards.unexpected_error(ref)
 
+    async def _audit_denied(self, exc: AccessDenied, origin: Origin, action: str) -> None:
+        """Every refusal leaves a record: who tried what, where, and which rule said no."""
+        try:
+            await self.service.store.audit(
+                action=action,
+                outcome="denied",
+                team_id=origin.team_id or None,
+                user_id=origin.user_id or None,
+                channel_id=origin.channel_id or None,
+                detail=f"{exc.reason} [{exc.setting}]"[:500],
+                request_id=origin.request_id,
+            )
+        except Exception as audit_exc:
+            log.warning("could not audit a denial: %s", type(audit_exc).__name__)
+
     async def answer_error(self, exc: BaseException, respond, origin: Origin, *, click: bool) -> None:
+        if isinstance(exc, AccessDenied):
+            await self._audit_denied(exc, origin, "click" if click else "command")
         if not isinstance(exc, (BotError, PolytomicError, CannotPost, SlackWriteError)):
             message = self._render(exc, origin)
         else:

@@ -240,3 +240,20 @@ async def test_watches_of_one_sync_share_one_poll(world):
             lambda root=root: any("canceled" in r.text for r in world.slack.thread(CHANNEL, root.ts)),
             timeout=20,
         )
+
+
+async def test_denials_are_audited(world):
+    sync_id = world.polytomic.add_sync("Salesforce to Snowflake", ["accounts"])
+    world.polytomic.start_run(sync_id, durations=600)
+    stranger = world.as_user("U0666")
+    await stranger.click("polytomic.cancel_sync", json.dumps({"sync_id": sync_id}), ephemeral=True)
+    await _answer(world, stranger)
+    await world.user.slash("syncs", team_id="T0BAD")
+    records = []
+    for _ in range(100):
+        records = [r for r in await world.bot.runtime.store.audit_records() if r["outcome"] == "denied"]
+        if len(records) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert {(r["user_id"], r["action"]) for r in records} == {("U0666", "click"), ("U0001", "command")}
+    assert world.polytomic.cancel_requests() == []
