@@ -24,6 +24,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -74,6 +75,7 @@ __all__ = [
     "CANCEL_SYNC",
     "CONFIRM_CANCEL",
     "REFRESH",
+    "ShortcutTarget",
     "WatchView",
     "access_denied",
     "also_asked_reply",
@@ -81,16 +83,26 @@ __all__ = [
     "api_trouble_reply",
     "button_value",
     "cancel_preview",
+    "cannot_post_here",
     "clip",
     "code",
     "escape",
+    "event_alert",
     "final_reply",
     "help_message",
     "human_duration",
+    "long_run_alert",
+    "long_run_ended",
+    "looks_like_sync_id",
     "not_in_channel",
     "nothing_running",
     "pointer_to_thread",
     "polytomic_error",
+    "shortcut_choose",
+    "shortcut_loading",
+    "shortcut_notice",
+    "shortcut_pick_sync",
+    "shortcut_result",
     "state_reply",
     "status_card",
     "sync_list",
@@ -920,5 +932,389 @@ def not_in_channel(channel_id: str, *, bot_user_id: str | None = None) -> dict[s
     text = (
         f"I am not a member of {_channel_mention(channel_id)}, so I cannot post there; "
         f"invite me with /invite {me}."
+    )
+    return _simple(text)
+
+
+# -- alerts: long runs and Polytomic events (posted in BOT_ALERT_CHANNEL) -------------------------
+
+
+def _execution_started(entries: Sequence[SchemaExecution]) -> datetime | None:
+    starts = [_utc(e.started_at) for e in entries if e.started_at is not None]
+    return min(starts) if starts else None
+
+
+def long_run_alert(
+    *,
+    sync_id: str,
+    sync_name: str | None,
+    execution_id: str,
+    started_at: datetime | None,
+    entries: Sequence[SchemaExecution],
+    threshold_s: float,
+    now: datetime,
+) -> dict[str, Any]:
+    """The long-run alert: which execution, since when, each running schema with its Cancel button,
+    then Cancel execution and Refresh. `entries` are the execution's schema entries (list-status)."""
+    name = sync_name or sync_id or "(unnamed sync)"
+    started = started_at or _execution_started(entries)
+    blocks: list[dict[str, Any]] = [_header(f"Long run: {name}")]
+    lines = [
+        f"Execution {_code(execution_id, 60, empty='(no id)')} of {_code(name, 80)} has been running "
+        f"for *{_since(started, now)}* (started {_when(started)}); the alert threshold is "
+        f"{human_duration(threshold_s)}."
+    ]
+    blocks.append(_section("\n".join(lines)))
+    ordered = sorted(entries, key=_entry_sort_key)
+    flying = [e for e in ordered if is_running(e.status)]
+    done = [e for e in ordered if not is_running(e.status)]
+    shown, rest = flying[:MAX_SCHEMA_ENTRIES], flying[MAX_SCHEMA_ENTRIES:]
+    for i, entry in enumerate(shown):
+        value = button_value(sync_id, entry.schema_id) if sync_id and entry.schema_id else None
+        accessory = None
+        note = None
+        if value is not None:
+            accessory = _button(
+                "Cancel",
+                f"{CANCEL_SCHEMA}:{i}",
+                value,
+                danger=True,
+                confirm=_schema_confirm(name, _schema_label(entry)),
+            )
+        else:
+            note = "no cancel button: this schema's id is missing or too long for a Slack button"
+        blocks.append(_section(_entry_text(entry, now, note), accessory))
+    summary = []
+    if rest:
+        summary.append(_summarise(rest, "more running schemas"))
+    if done:
+        summary.append(_summarise(done, "schemas done"))
+    if summary:
+        blocks.append(_context("; ".join(summary)))
+    elements = []
+    value = button_value(sync_id) if sync_id else None
+    if value is not None:
+        elements.append(
+            _button("Cancel execution", CANCEL_SYNC, value, danger=True, confirm=_sync_confirm(name))
+        )
+        elements.append(_button("Refresh", REFRESH, value))
+    blocks.extend(_actions(elements))
+    blocks.append(_context(f"Updated {_utc(now).strftime('%H:%M:%S UTC')} · kept current until the run ends"))
+    text = (
+        f"Long run: {_esc(name)} has been running for {_since(started, now)} "
+        f"({_count(len(flying), 'schema')} in flight)"
+    )
+    return _message(text, blocks)
+
+
+_RUN_ENDINGS: dict[str, tuple[str, str]] = {
+    "completed": ("✅", "*completed*"),
+    "canceled": ("🛑", "was *canceled*"),
+    "failed": ("❌", "*failed*"),
+    "errors": ("⚠️", "finished with *errors*"),
+    "interrupted": ("⚠️", "was *interrupted*"),
+}
+
+
+def long_run_ended(
+    *,
+    sync_id: str,
+    sync_name: str | None,
+    execution_id: str,
+    started_at: datetime | None,
+    outcome: str | None,
+    ended_at: datetime | None,
+    entries: Sequence[SchemaExecution] = (),
+    detail: str | None = None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The long-run alert once the run is over: how it ended, no buttons."""
+    name = sync_name or sync_id or "(unnamed sync)"
+    end = ended_at or now
+    took = _since(started_at, end) if started_at else "an unknown time"
+    if outcome in _RUN_ENDINGS:
+        icon, phrase = _RUN_ENDINGS[outcome]
+        head = f"{icon} The long run of {_code(name, 80)} {phrase} after {took}."
+    elif outcome:
+        head = f"🏁 The long run of {_code(name, 80)} ended: {_state(outcome)} after {took}."
+    else:
+        head = f"🏁 The long run of {_code(name, 80)} is over (Polytomic no longer lists it)."
+    lines = [head, f"Execution {_code(execution_id, 60, empty='(no id)')} · started {_when(started_at)}"]
+    if ended_at is not None:
+        lines[-1] += f" · ended {_when(ended_at)}"
+    if detail:
+        lines.append(_quoted_detail(detail, MESSAGE_MAX))
+    blocks = [_section("\n".join(lines))]
+    if entries:
+        blocks.append(_context(_summarise(list(entries), "schemas")))
+    text = f"Long run of {_esc(name)} ended: {_esc(outcome or 'no longer listed', 40)}"
+    return _message(text, blocks)
+
+
+_EVENT_ALERTS: dict[str, tuple[str, str]] = {
+    "bulk_sync.failed": ("❌", "failed"),
+    "bulk_sync.completed_with_error": ("⚠️", "completed with errors"),
+}
+
+
+def event_alert(
+    event_type: str,
+    *,
+    sync_id: str | None,
+    sync_name: str | None,
+    execution_id: str | None,
+    error: str | None,
+    at: datetime | None,
+) -> dict[str, Any]:
+    """A Polytomic event worth a person's attention (a failed run), with a Refresh button."""
+    icon, words = _EVENT_ALERTS.get(event_type, ("ℹ️", _esc(event_type, 60)))  # noqa: RUF001
+    name = sync_name or sync_id or "(unnamed sync)"
+    lines = [f"{icon} Bulk sync {_code(name, 80)} *{words}*."]
+    facts = []
+    if execution_id:
+        facts.append(f"Execution {_code(execution_id, 60)}")
+    if at is not None:
+        facts.append(_when(at))
+    if facts:
+        lines.append(" · ".join(facts))
+    if error:
+        lines.append("Polytomic said:\n" + _quoted_detail(error, DETAIL_MAX))
+    blocks = [_section("\n".join(lines))]
+    value = button_value(sync_id) if sync_id else None
+    if value is not None:
+        blocks.extend(_actions([_button("Refresh", REFRESH, value)]))
+    blocks.append(_context("From a Polytomic event · Refresh shows the sync's current status"))
+    return _message(f"Bulk sync {_esc(name)} {words}", blocks)
+
+
+# -- the message shortcut's modal -------------------------------------------------------------------
+
+MODAL_TITLE_MAX = 24
+MODAL_BLOCKS_MAX = 100
+OPTION_TEXT_MAX = 75
+OPTION_VALUE_MAX = 150
+OPTIONS_MAX = 100
+PRIVATE_METADATA_MAX = 3000
+WHOLE_EXECUTION = "x"  # option value prefix: the whole execution of sync n ("x:n")
+ONE_SCHEMA = "s"  # option value prefix: schema m of sync n ("s:n:m")
+
+
+def _option(label: str, value: str) -> dict[str, Any]:
+    """`label` already escaped."""
+    return {"text": _plain(label, OPTION_TEXT_MAX), "value": value[:OPTION_VALUE_MAX]}
+
+
+def _modal(
+    callback_id: str,
+    title: str,
+    blocks: list[dict[str, Any]],
+    *,
+    metadata: str = "",
+    submit: str | None = None,
+    close: str = "Close",
+) -> dict[str, Any]:
+    if len(blocks) > MODAL_BLOCKS_MAX:
+        blocks = [*blocks[: MODAL_BLOCKS_MAX - 1], _context("_…more not shown_")]
+    view: dict[str, Any] = {
+        "type": "modal",
+        "callback_id": callback_id,
+        "title": _plain(title, MODAL_TITLE_MAX),
+        "close": _plain(close, MODAL_TITLE_MAX),
+        "blocks": blocks or [_section(" ")],
+        "private_metadata": metadata[:PRIVATE_METADATA_MAX],
+    }
+    if submit:
+        view["submit"] = _plain(submit, MODAL_TITLE_MAX)
+    return view
+
+
+def _found_line(found: Sequence[str]) -> str:
+    shown = ", ".join(_code(f, 60) for f in found[:10])
+    more = f" and {len(found) - 10:,} more" if len(found) > 10 else ""
+    return f"Found in the message: {shown}{more}" if found else ""
+
+
+def shortcut_loading(callback_id: str, found: Sequence[str], metadata: str) -> dict[str, Any]:
+    """Opened at once (within the trigger's 3 seconds), before anything is asked of Polytomic."""
+    if found:
+        text = f"⏳ Looking up {_count(len(found), 'id')} in Polytomic…"
+    else:
+        text = "I found no bulk sync id or Polytomic link in this message. ⏳ Loading the list of syncs…"
+    blocks = [_section(text)]
+    line = _found_line(found)
+    if line:
+        blocks.append(_context(line))
+    return _modal(callback_id, "Cancel a Polytomic run", blocks, metadata=metadata)
+
+
+def shortcut_notice(callback_id: str, text: str, *, title: str = "Cancel a Polytomic run") -> dict[str, Any]:
+    """A modal that only says something (`text` is mrkdwn, already escaped)."""
+    return _modal(callback_id, title, [_section(text)])
+
+
+@dataclass
+class ShortcutTarget:
+    """A bulk sync named by the message, as the modal shows it."""
+
+    sync: BulkSync
+    status: SyncStatus | None  # None: could not be read
+
+
+def shortcut_choose(
+    callback_id: str,
+    targets: Sequence[ShortcutTarget],
+    *,
+    found: Sequence[str] = (),
+    unknown: Sequence[str] = (),
+    metadata: str,
+    schema_ids: Sequence[Sequence[str]],
+    now: datetime,
+) -> dict[str, Any]:
+    """Pick what to cancel: one multi-select per sync with a running execution, whose options are
+    "the whole execution" (`x:<n>`) and each running schema (`s:<n>:<m>`, m indexing `schema_ids[n]`)."""
+    blocks: list[dict[str, Any]] = []
+    inputs = 0
+    for n, target in enumerate(targets):
+        sync = target.sync
+        name = sync.name or sync.id or "(unnamed sync)"
+        cur = target.status.current_execution if target.status is not None else None
+        if target.status is None:
+            blocks.append(_section(f"{_code(name, 80)}: I could not read its status from Polytomic."))
+            continue
+        if cur is None or not is_running(cur.status):
+            last = target.status.last_execution
+            tail = f"; its last execution {_state(last.status)}" if last is not None else ""
+            blocks.append(_section(f"Nothing is running for {_code(name, 80)}{tail}."))
+            continue
+        started = cur.started_at or cur.created_at
+        blocks.append(
+            _section(
+                f"{_code(name, 80)}: execution {_code(cur.id, 60, empty='(no id)')} is {_state(cur.status)}"
+                + (f" · started {_when(started)} · running for {_since(started, now)}" if started else "")
+            )
+        )
+        options = [_option(f"The whole execution of {_esc(name, 40)}", f"{WHOLE_EXECUTION}:{n}")]
+        ids = list(schema_ids[n]) if n < len(schema_ids) else []
+        flying = sorted((e for e in cur.schemas if is_running(e.status)), key=_entry_sort_key)
+        for entry in flying:
+            if entry.schema_id not in ids or len(options) >= OPTIONS_MAX:
+                continue
+            m = ids.index(entry.schema_id)
+            label = f"{_esc(_schema_label(entry), 50)} ({_esc(entry.status, 20)})"
+            options.append(_option(label, f"{ONE_SCHEMA}:{n}:{m}"))
+        missing = len(flying) - (len(options) - 1)
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": f"sync:{n}",
+                "optional": len(targets) > 1,
+                "label": _plain(f"Cancel in {_esc(name, 60)}", 2000),
+                "element": {
+                    "type": "multi_static_select",
+                    "action_id": "pick",
+                    "placeholder": _plain("Pick schemas or the whole execution", 150),
+                    "options": options,
+                },
+            }
+        )
+        inputs += 1
+        if missing > 0:
+            blocks.append(
+                _context(f"{missing:,} running schemas are not listed here; use {_status_command(sync)}")
+            )
+    if unknown:
+        blocks.append(
+            _context(
+                "Not a bulk sync or running execution I can see: "
+                + ", ".join(_code(u, 60) for u in unknown[:10])
+            )
+        )
+    line = _found_line(found)
+    if line:
+        blocks.append(_context(line))
+    if inputs:
+        blocks.append(
+            _context(
+                "Nothing is cancelled until you press *Cancel selected*; "
+                "progress goes to the message's thread."
+            )
+        )
+        return _modal(
+            callback_id,
+            "Cancel a Polytomic run",
+            blocks,
+            metadata=metadata,
+            submit="Cancel selected",
+            close="Keep running",
+        )
+    if not blocks:
+        blocks.append(_section("There is nothing to cancel."))
+    return _modal(callback_id, "Cancel a Polytomic run", blocks, metadata=metadata)
+
+
+def shortcut_pick_sync(
+    callback_id: str,
+    rows: Sequence[tuple[BulkSync, SyncExecutionStatus | None]],
+    *,
+    found: Sequence[str] = (),
+    metadata: str,
+) -> dict[str, Any]:
+    """No sync named by the message: pick one (running ones first)."""
+    head = (
+        "None of the ids in this message is a bulk sync or running execution I can see."
+        if found
+        else "I found no bulk sync id or Polytomic link in this message."
+    )
+    ordered = sorted(
+        (r for r in rows if r[0].id and looks_like_sync_id(r[0].id)),
+        key=lambda r: (not _row_running(r), (r[0].name or "").casefold(), r[0].id or ""),
+    )
+    blocks = [_section(head + " Pick the sync:")]
+    if not ordered:
+        blocks.append(_section("Polytomic lists no bulk syncs."))
+        return _modal(callback_id, "Cancel a Polytomic run", blocks, metadata=metadata)
+    options = []
+    for sync, st in ordered[:OPTIONS_MAX]:
+        mark = " (running)" if _row_running((sync, st)) else ""
+        options.append(_option(f"{_esc(sync.name or sync.id, 60)}{mark}", sync.id or ""))
+    blocks.append(
+        {
+            "type": "input",
+            "block_id": "sync",
+            "label": _plain("Bulk sync", 2000),
+            "element": {
+                "type": "static_select",
+                "action_id": "pick",
+                "placeholder": _plain("Choose a bulk sync", 150),
+                "options": options,
+            },
+        }
+    )
+    if len(ordered) > OPTIONS_MAX:
+        blocks.append(_context(f"Showing {OPTIONS_MAX} of {len(ordered):,} syncs, running ones first."))
+    line = _found_line(found)
+    if line:
+        blocks.append(_context(line))
+    return _modal(callback_id, "Cancel a Polytomic run", blocks, metadata=metadata, submit="Next")
+
+
+def looks_like_sync_id(value: str) -> bool:
+    return bool(_UUID.fullmatch(value or ""))
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def shortcut_result(lines: Sequence[str]) -> dict[str, Any]:
+    """The ephemeral answer after the modal's submission: one line per target (already mrkdwn)."""
+    text = "\n".join(lines) or "Nothing was cancelled."
+    return _message(text, _sections(lines or ["Nothing was cancelled."]))
+
+
+def cannot_post_here(channel_id: str, error: str) -> dict[str, Any]:
+    """First DM message when the bot cannot post in the message's channel."""
+    text = (
+        f"I cannot post in {_channel_mention(channel_id)} ({_esc(error, 60)}), so I will tell the "
+        "cancellation's story here instead. Invite me there to get it in the message's thread next time."
     )
     return _simple(text)

@@ -41,9 +41,18 @@ def test_manifest_is_socket_mode_with_minimal_scopes(manifest):
     assert "url" not in command
     assert manifest["features"]["bot_user"]["display_name"]
     assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(
-        ["commands", "chat:write", "chat:write.public", "usergroups:read"]
+        ["commands", "chat:write", "chat:write.public", "usergroups:read", "im:write"]
     )
     assert "event_subscriptions" not in settings
+
+
+def test_manifest_has_the_contracts_message_shortcut(manifest):
+    from bot import shortcut
+
+    [entry] = manifest["features"]["shortcuts"]
+    assert entry["type"] == "message"
+    assert entry["callback_id"] == "polytomic_cancel_from_message" == shortcut.CALLBACK_ID
+    assert 1 <= len(entry["name"]) <= 24 and 1 <= len(entry["description"]) <= 150
 
 
 def _hadolint() -> str | None:

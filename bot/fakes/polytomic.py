@@ -41,6 +41,14 @@ Design notes and documented choices:
   ~40 ms of delayed-ACK wait on loopback.
 * In ``list-status`` a schema entry dropped with :meth:`drop_schema_from_status` vanishes (the
   fake does not fall back to an older execution for it); schemas that never ran have no entry.
+* Webhooks (reference §5.4): ``GET/POST /api/webhooks`` and ``GET/PUT/DELETE /api/webhooks/{id}``
+  keep one webhook per organization (a second ``POST`` answers 409; ``secret`` must be 6-32
+  characters, ``endpoint`` an http(s) URL). :meth:`FakePolytomic.event` builds an event as the
+  events API shapes it (§5.1-5.3) and :meth:`FakePolytomic.deliver` POSTs it to the registered
+  endpoint (or any URL) with ``Polytomic-Signature``: HMAC of the raw body keyed with the secret.
+  The docs do not say which hash or encoding, so both are settable (``signature_digest``,
+  ``signature_encoding`` = ``hex`` | ``base64`` | ``base64url``, ``signature_prefix``); the
+  defaults are SHA-256, hex, no prefix. Nothing is delivered on its own: tests call ``deliver``.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ import base64
 import binascii
 import contextlib
 import fnmatch
+import hashlib
+import hmac
 import http
 import itertools
 import json
@@ -64,6 +74,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
+
+import httpx
 
 from bot.fakes.server import ThreadedServer
 
@@ -372,6 +384,47 @@ def _decode_token(token: str, kind: str, scope: str) -> int:
         raise _ApiErr(400, "invalid page_token") from None
 
 
+def sign_event(
+    body: bytes, secret: str, *, encoding: str = "hex", prefix: str = "", digest: str = "sha256"
+) -> str:
+    """The ``Polytomic-Signature`` of a delivery: HMAC(body, secret) as hex, base64 or base64url."""
+    mac = hmac.new(secret.encode(), body, getattr(hashlib, digest)).digest()
+    if encoding == "hex":
+        text = mac.hex()
+    elif encoding == "base64":
+        text = base64.b64encode(mac).decode()
+    elif encoding == "base64url":
+        text = base64.urlsafe_b64encode(mac).decode().rstrip("=")
+    else:
+        raise ValueError(f"unknown signature encoding {encoding!r}")
+    return prefix + text
+
+
+EVENT_TYPES = (
+    "sync.running",
+    "sync.failed",
+    "sync.canceled",
+    "sync.completed",
+    "sync.completed_with_errors",
+    "bulk_sync.running",
+    "bulk_sync.completed",
+    "bulk_sync.canceled",
+    "bulk_sync.failed",
+    "bulk_sync.completed_with_error",
+)
+
+
+@dataclass
+class Delivery:
+    """One webhook delivery the fake made, and the receiver's answer."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    status: int | None  # None: no HTTP answer
+    event: Any = None
+
+
 def _bool_param(value: str | None, name: str) -> bool | None:
     if value is None or value == "":
         return None
@@ -393,6 +446,13 @@ def _route(method: str, segs: list[str]) -> tuple[str, dict[str, str]] | None:
     """Map (method, decoded segments) to (handler name, params). None: unknown route."""
     if segs == ["api", "me"]:
         return ("me", {}) if method == "GET" else None
+    if segs[:2] == ["api", "webhooks"] and all(segs[1:]):
+        if len(segs) == 2:
+            return {"GET": ("list_webhooks", {}), "POST": ("create_webhook", {})}.get(method)
+        if len(segs) == 3:
+            name = {"GET": "get_webhook", "PUT": "update_webhook", "DELETE": "delete_webhook"}.get(method)
+            return (name, {"webhook_id": segs[2]}) if name else None
+        return None
     if len(segs) < 3 or tuple(segs[:3]) != _SYNCS or any(s == "" for s in segs):
         return None
     rest = segs[3:]
@@ -519,6 +579,11 @@ class FakePolytomic:
         self._cancels: list[tuple[str, str | None, str | None]] = []
         self._seq = itertools.count()
         self.requests: list[Req] = []
+        self._webhooks: dict[str, dict[str, Any]] = {}
+        self.deliveries: list[Delivery] = []
+        self.signature_digest = "sha256"
+        self.signature_encoding = "hex"
+        self.signature_prefix = ""
 
         self._server: ThreadedServer | None = None
         self._stopping = threading.Event()
@@ -673,6 +738,110 @@ class FakePolytomic:
                 if v.run.id == schema_id:
                     return v.status
             return None
+
+    # ---- events and webhooks --------------------------------------------------------------
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The registered webhooks (as GET /api/webhooks serves them)."""
+        with self._lock:
+            return [dict(w) for w in self._webhooks.values()]
+
+    def event(
+        self,
+        type: str,
+        sync_id: str,
+        *,
+        execution_id: str | None = None,
+        error: str | None = None,
+        event_id: str | None = None,
+        created_at: datetime | None = None,
+        name_key: str = "sync_name",
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """An event as Polytomic sends it: ``{id, type, organization_id, created_at, event}``.
+
+        ``execution_id`` defaults to the sync's latest execution; ``name_key`` is ``sync_name``
+        (SDK) or ``name`` (the events guide's example); ``error`` goes into ``bulk_sync.failed``.
+        """
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r}")
+        with self._lock:
+            sync = self._get_sync(sync_id)
+            if execution_id is None and sync.executions:
+                execution_id = sync.executions[-1].id
+            when = created_at or datetime.fromtimestamp(self._ts(), UTC)
+        org = self.org_id or FAKE_ORG_ID
+        payload: dict[str, Any] = {
+            "sync_id": sync_id,
+            name_key: sync.name if name is None else name,
+            "execution_id": execution_id,
+            "organization_id": org,
+            "source_connection_id": SOURCE_CONNECTION_ID,
+            "destination_connection_id": DESTINATION_CONNECTION_ID,
+        }
+        if type in ("bulk_sync.completed", "bulk_sync.completed_with_error", "bulk_sync.failed"):
+            payload["schedule"] = {"id": "a1b2c3d4-0000-4000-8000-000000000001", "frequency": "daily"}
+            payload["trigger_source"] = "schedule"
+        if type == "bulk_sync.failed":
+            payload["error"] = "Simulated failure" if error is None else error
+        elif error is not None:
+            payload["error"] = error
+        return {
+            "id": event_id or str(uuid.uuid4()),
+            "type": type,
+            "organization_id": org,
+            "created_at": _iso(when.timestamp()),
+            "event": payload,
+        }
+
+    async def deliver(
+        self,
+        event: dict[str, Any] | bytes,
+        *,
+        url: str | None = None,
+        secret: str | None = None,
+        signature: str | None = None,
+        signed: bool = True,
+        encoding: str | None = None,
+        prefix: str | None = None,
+        headers: dict[str, str] | None = None,
+        retries: int = 0,
+        retry_delay_s: float = 0.2,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> httpx.Response:
+        """POST an event to the registered webhook (or `url`/`secret`), signed as configured;
+        `signature` sends that header value instead, `signed=False` none. Non-2xx answers are
+        retried `retries` times (Polytomic retries up to 5 times with backoff). Returns the last
+        response (raises httpx errors when the receiver cannot be reached)."""
+        if url is None or (secret is None and signed and signature is None):
+            hooks = [w for w in self.webhooks() if not w["disabled"]]
+            if not hooks:
+                raise RuntimeError("no webhook registered: POST /api/webhooks first, or pass url and secret")
+            url = url or hooks[0]["endpoint"]
+            secret = secret if secret is not None else hooks[0]["secret"]
+        body = event if isinstance(event, bytes) else json.dumps(event, separators=(",", ":")).encode()
+        sent = {"Content-Type": "application/json", "User-Agent": "polytomic-webhooks (fake)"}
+        if signature is not None:
+            sent["Polytomic-Signature"] = signature
+        elif signed:
+            sent["Polytomic-Signature"] = sign_event(
+                body,
+                secret or "",
+                encoding=encoding or self.signature_encoding,
+                prefix=self.signature_prefix if prefix is None else prefix,
+                digest=self.signature_digest,
+            )
+        sent.update(headers or {})
+        async with httpx.AsyncClient(timeout=timeout) as http_client:
+            for attempt in range(retries + 1):
+                response = await http_client.post(url, content=body, headers=sent)
+                with self._lock:
+                    parsed = None if isinstance(event, bytes) else event
+                    self.deliveries.append(Delivery(url, body, dict(sent), response.status_code, parsed))
+                if 200 <= response.status_code < 300 or attempt == retries:
+                    return response
+                await asyncio.sleep(retry_delay_s * 2**attempt)
+        raise AssertionError("unreachable")
 
     # ---- faults and log -------------------------------------------------------------------
 
@@ -937,6 +1106,63 @@ class FakePolytomic:
                          "nextExecutionTime": self._next_execution_time(sync, t), "schemas": schemas})
         return 200, {"data": data}
 
+    def _webhook_json(self, hook: dict[str, Any]) -> dict[str, Any]:
+        return dict(hook)
+
+    def _webhook_body(self, body: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(body) if body.strip() else {}
+        except ValueError:
+            raise _ApiErr(400, "request body is not valid JSON") from None
+        if not isinstance(req, dict):
+            raise _ApiErr(400, "request body must be a JSON object")
+        endpoint, secret = req.get("endpoint"), req.get("secret")
+        if not isinstance(endpoint, str) or not re.match(r"^https?://[^\s]+$", endpoint):
+            raise _ApiErr(400, "endpoint must be an http(s) URL")
+        if not isinstance(secret, str) or not 6 <= len(secret) <= 32:
+            raise _ApiErr(400, "secret must be 6 to 32 characters")
+        return req
+
+    def _h_list_webhooks(self, t, p, q, body, auth):
+        return 200, {"data": [self._webhook_json(w) for w in self._webhooks.values()]}
+
+    def _h_create_webhook(self, t, p, q, body, auth):
+        req = self._webhook_body(body)
+        if self._webhooks:
+            raise _ApiErr(409, "this organization has a webhook already", "conflict")
+        hook = {
+            "id": str(uuid.uuid4()),
+            "organization_id": req.get("organization_id") or self.org_id or FAKE_ORG_ID,
+            "endpoint": req["endpoint"],
+            "secret": req["secret"],
+            "disabled": False,
+            "disabled_at": None,
+            "disabled_reason": "",
+            "created_at": _iso(t),
+        }
+        self._webhooks[hook["id"]] = hook
+        return 200, {"data": self._webhook_json(hook)}
+
+    def _webhook_or_404(self, webhook_id: str) -> dict[str, Any]:
+        hook = self._webhooks.get(webhook_id)
+        if hook is None:
+            raise _ApiErr(404, "webhook not found")
+        return hook
+
+    def _h_get_webhook(self, t, p, q, body, auth):
+        return 200, {"data": self._webhook_json(self._webhook_or_404(p["webhook_id"]))}
+
+    def _h_update_webhook(self, t, p, q, body, auth):
+        hook = self._webhook_or_404(p["webhook_id"])
+        req = self._webhook_body(body)
+        hook.update(endpoint=req["endpoint"], secret=req["secret"])
+        return 200, {"data": self._webhook_json(hook)}
+
+    def _h_delete_webhook(self, t, p, q, body, auth):
+        self._webhook_or_404(p["webhook_id"])
+        del self._webhooks[p["webhook_id"]]
+        return 200, {"data": {"message": "deleted"}}
+
     def _h_get_sync(self, t, p, q, body, auth):
         return 200, {"data": self._sync_json(self._sync_or_404(p["sync_id"]))}
 
@@ -1111,7 +1337,7 @@ class FakePolytomic:
         route = _route(req.method, segs)
         if route is None:
             return 404, api_error(404, "route not found"), []
-        if req.method == "POST" and auth.read_only:
+        if req.method in ("POST", "PUT", "DELETE") and auth.read_only:
             return 403, api_error(403, "this API key is read-only"), []
         name, params = route
         key = req.headers.get("idempotency-key") if req.method == "POST" else None

@@ -30,6 +30,14 @@ Modelled Slack behaviour worth knowing (Slack's documented behaviour unless note
   POST.
 * Light Block Kit validation: at most 50 blocks, section text <= 3000, button text <= 75, value <= 2000,
   action_id/block_id <= 255, unique block_ids, unique action_ids within a block, text <= 40000.
+* Modals: `views.open` takes a `trigger_id` this fake issued (every payload `SlackUser` builds carries one)
+  within 3 seconds, once (`expired_trigger_id`, `exchanged_trigger_id`, `invalid_trigger_id`); `views.update`
+  takes `view_id` (or `external_id`) and an optional `hash` (`hash_conflict` when stale). Views are checked
+  lightly (title/submit/close <= 24, <= 100 blocks, private_metadata <= 3000, options <= 100 with text <= 75
+  and value <= 150, `submit` required with input blocks). A view submission's answer is applied as Slack
+  does: nothing or `clear` closes the modal, `update` replaces it, `push` stacks a new one, `errors` keeps it
+  open with the errors shown.
+* `conversations.open` with one user opens (or finds) the DM channel `D<user id>`.
 """
 
 from __future__ import annotations
@@ -79,6 +87,8 @@ _JSON_METHODS = frozenset(
     }
 )
 _APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
+TRIGGER_TTL_S = 3.0  # a trigger_id opens a modal within 3 seconds, once
+_MODAL_TEXT_MAX = 24
 
 
 # --------------------------------------------------------------------------------------------- records
@@ -165,6 +175,88 @@ class Envelope:
     @property
     def ack_seconds(self) -> float | None:
         return None if self.acked_at is None else self.acked_at - self.sent_at
+
+
+@dataclass
+class View:
+    """A modal as the fake keeps it: the view as last set, its hash, and how it was opened."""
+
+    id: str
+    user: str | None
+    view: dict[str, Any]
+    hash: str
+    opened_at: float
+    trigger_age: float | None = None  # seconds between the trigger's issue and views.open
+    closed: bool = False
+    errors: dict[str, str] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # previous versions
+    external_id: str | None = None
+    version: int = 0  # bumped by every change (views.update, a submission's answer)
+
+    @property
+    def callback_id(self) -> str | None:
+        return self.view.get("callback_id")
+
+    @property
+    def private_metadata(self) -> str:
+        return str(self.view.get("private_metadata") or "")
+
+    @property
+    def blocks(self) -> list[dict[str, Any]]:
+        return list(self.view.get("blocks") or [])
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return [b for b in self.blocks if isinstance(b, dict) and b.get("type") == "input"]
+
+    def options(self, block_id: str) -> list[dict[str, Any]]:
+        """The options of the select (or checkboxes) in the input block `block_id`."""
+        for block in self.inputs():
+            if block.get("block_id") == block_id:
+                return list((block.get("element") or {}).get("options") or [])
+        raise KeyError(f"no input block {block_id!r} in view {self.id}")
+
+    def option_labels(self, block_id: str) -> list[str]:
+        return [_plain(o.get("text")) for o in self.options(block_id)]
+
+    def text(self) -> str:
+        """The modal as plain lines (title, then blocks; input blocks as `<label>: <options>`)."""
+        lines = [f"[{_plain(self.view.get('title'))}]"]
+        for block in self.blocks:
+            if block.get("type") == "input":
+                element = block.get("element") or {}
+                opts = " | ".join(_plain(o.get("text")) for o in element.get("options") or [])
+                lines.append(f"{_plain(block.get('label'))}: <{element.get('type')}> {opts}".rstrip())
+            else:
+                lines += render_blocks([block])
+        if self.view.get("submit"):
+            lines.append(f"[{_plain(self.view['submit'])}]")
+        if self.errors:
+            lines.append(f"errors: {self.errors}")
+        return "\n".join(lines)
+
+    def to_payload(self, team_id: str, app_id: str, bot_id: str) -> dict[str, Any]:
+        """The view object as Slack returns it from views.open/update and puts it in payloads."""
+        return {
+            "id": self.id,
+            "team_id": team_id,
+            "type": self.view.get("type", "modal"),
+            "blocks": copy.deepcopy(self.blocks),
+            "private_metadata": self.private_metadata,
+            "callback_id": self.view.get("callback_id") or "",
+            "state": {"values": {}},
+            "hash": self.hash,
+            "title": copy.deepcopy(self.view.get("title")),
+            "clear_on_close": bool(self.view.get("clear_on_close", False)),
+            "notify_on_close": bool(self.view.get("notify_on_close", False)),
+            "close": copy.deepcopy(self.view.get("close")),
+            "submit": copy.deepcopy(self.view.get("submit")),
+            "previous_view_id": None,
+            "root_view_id": self.id,
+            "app_id": app_id,
+            "external_id": self.external_id or "",
+            "app_installed_team_id": team_id,
+            "bot_id": bot_id,
+        }
 
 
 @dataclass
@@ -348,6 +440,64 @@ def _validate_blocks(blocks: Any) -> list[str]:
     return problems
 
 
+def _validate_view(view: Any) -> list[str]:
+    """Problems Slack would reject a modal view for (a useful subset of its checks)."""
+    if not isinstance(view, dict):
+        return ["view must be an object"]
+    problems = []
+    if view.get("type") != "modal":
+        problems.append("view type must be modal")
+    for key in ("title", "submit", "close"):
+        obj = view.get(key)
+        if obj is None:
+            if key == "title":
+                problems.append("a modal needs a title")
+            continue
+        if not isinstance(obj, dict) or obj.get("type") != "plain_text":
+            problems.append(f"{key} must be plain_text")
+        elif not 1 <= len(_plain(obj)) <= _MODAL_TEXT_MAX:
+            problems.append(f"{key} must be 1-{_MODAL_TEXT_MAX} characters")
+    blocks = view.get("blocks")
+    if not isinstance(blocks, list) or not blocks:
+        return [*problems, "a modal needs blocks"]
+    if len(blocks) > 100:
+        problems.append(f"too many blocks: {len(blocks)} > 100")
+    problems += [p for p in _validate_blocks(blocks) if not p.startswith("too many blocks")]
+    if len(str(view.get("private_metadata") or "")) > 3000:
+        problems.append("private_metadata longer than 3000")
+    if len(str(view.get("callback_id") or "")) > 255:
+        problems.append("callback_id longer than 255")
+    inputs = [b for b in blocks if isinstance(b, dict) and b.get("type") == "input"]
+    if inputs and not view.get("submit"):
+        problems.append("a modal with input blocks needs a submit button")
+    for block in inputs:
+        label = block.get("label")
+        if not isinstance(label, dict) or label.get("type") != "plain_text" or not _plain(label):
+            problems.append("input block without a plain_text label")
+        elif len(_plain(label)) > 2000:
+            problems.append("input label longer than 2000")
+        element = block.get("element")
+        if not isinstance(element, dict) or not element.get("type"):
+            problems.append("input block without an element")
+            continue
+        options = element.get("options")
+        if element.get("type") in ("static_select", "multi_static_select", "checkboxes", "radio_buttons"):
+            if not isinstance(options, list) or not options:
+                problems.append(f"{element['type']} without options")
+                continue
+            if len(options) > (10 if element["type"] in ("checkboxes", "radio_buttons") else 100):
+                problems.append(f"too many options in {element['type']}")
+            values = [str(o.get("value", "")) for o in options]
+            if len(values) != len(set(values)):
+                problems.append("duplicate option values")
+            for o in options:
+                if not 1 <= len(_plain(o.get("text"))) <= 75:
+                    problems.append("option text must be 1-75 characters")
+                if not 1 <= len(str(o.get("value", ""))) <= 150:
+                    problems.append("option value must be 1-150 characters")
+    return problems
+
+
 # ------------------------------------------------------------------------------------------ the fake
 class SlackError(Exception):
     def __init__(self, error: str, **extra: Any) -> None:
@@ -396,6 +546,10 @@ class FakeSlack:
         self._failures: dict[str, list[_Failure]] = {}
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._tickets: set[str] = set()
+        self._triggers: dict[str, float] = {}  # trigger_id -> when it was issued (monotonic)
+        self._trigger_users: dict[str, str | None] = {}
+        self._exchanged: set[str] = set()
+        self._views: dict[str, View] = {}
         self._conns: list[_SocketConn] = []
         self._server: ThreadedServer | None = None
         self._app = Starlette(
@@ -515,6 +669,79 @@ class FakeSlack:
             )
             self._messages.setdefault(channel, []).append(msg)
             return copy.deepcopy(msg)
+
+    def issue_trigger(self, user: str | None = None) -> str:
+        """A new trigger_id, as Slack puts in every interaction payload (good for one views.open
+        within 3 seconds; the modal it opens belongs to `user`)."""
+        trigger = f"{int(time.time())}.{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex}"
+        with self._lock:
+            self._triggers[trigger] = time.monotonic()
+            self._trigger_users[trigger] = user
+        return trigger
+
+    # ---------------------------------------------------------------- modals
+    def views(self, user: str | None = None, *, open_only: bool = False) -> list[View]:
+        """Modals in the order they were opened (copies), optionally one user's, optionally open ones."""
+        with self._lock:
+            return [
+                copy.deepcopy(v)
+                for v in self._views.values()
+                if (user is None or v.user == user) and not (open_only and v.closed)
+            ]
+
+    def view(self, view_id: str) -> View:
+        with self._lock:
+            if view_id not in self._views:
+                raise KeyError(f"no view {view_id}")
+            return copy.deepcopy(self._views[view_id])
+
+    def apply_view_response(
+        self, view_id: str, body: dict[str, Any] | None, *, submitted_version: int | None = None
+    ) -> None:
+        """Apply a view_submission's answer (the HTTP body or Socket Mode ack payload) as Slack does.
+
+        Slack applies the answer the moment it arrives, before the app can call views.update; the
+        test client may read it later. `submitted_version`: the view's version when submitted; a
+        views.update made since then came after the answer, so an `update` answer only goes into
+        the history."""
+        with self._lock:
+            v = self._views.get(view_id)
+            if v is None:
+                return
+            v.version += 1
+            overtaken = submitted_version is not None and v.version - 1 != submitted_version
+            action = (body or {}).get("response_action")
+            if not body or action in (None, "clear"):
+                v.closed = True
+                if action == "clear":
+                    for other in self._views.values():
+                        if other.user == v.user:
+                            other.closed = True
+                return
+            if action == "errors":
+                v.errors = dict(body.get("errors") or {})
+                return
+            new = body.get("view")
+            problems = _validate_view(new)
+            if problems:
+                v.errors = {"_view": "; ".join(problems)}  # Slack shows "We had some trouble connecting"
+                return
+            if action == "update" and overtaken:
+                v.history.insert(max(len(v.history) - 1, 0), copy.deepcopy(new))
+            elif action == "update":
+                v.history.append(v.view)
+                v.view = copy.deepcopy(new)
+                v.hash = uuid.uuid4().hex[:20]
+                v.errors = None
+            elif action == "push":
+                pushed = View(
+                    "V" + uuid.uuid4().hex[:10].upper(),
+                    v.user,
+                    copy.deepcopy(new),
+                    uuid.uuid4().hex[:20],
+                    time.time(),
+                )
+                self._views[pushed.id] = pushed
 
     # ---------------------------------------------------------------- reading the workspace
     def calls_to(self, method: str) -> list[Call]:
@@ -1039,6 +1266,74 @@ class FakeSlack:
             link += f"?thread_ts={msg.thread_ts}&cid={channel}"
         return {"channel": channel, "permalink": link}
 
+    def _view_param(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = params.get("view")
+        if isinstance(view, str):
+            try:
+                view = json.loads(view)
+            except ValueError:
+                raise SlackError("invalid_arguments") from None
+        problems = _validate_view(view)
+        if problems:
+            raise SlackError("invalid_arguments", response_metadata={"messages": problems})
+        return view
+
+    def _m_views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        trigger = str(params.get("trigger_id") or "")
+        issued = self._triggers.get(trigger)
+        if issued is None:
+            raise SlackError("invalid_trigger_id")
+        if trigger in self._exchanged:
+            raise SlackError("exchanged_trigger_id")
+        age = time.monotonic() - issued
+        if age > TRIGGER_TTL_S:
+            raise SlackError("expired_trigger_id")
+        view = self._view_param(params)
+        self._exchanged.add(trigger)
+        v = View(
+            "V" + uuid.uuid4().hex[:10].upper(),
+            None,
+            view,
+            uuid.uuid4().hex[:20],
+            time.time(),
+            trigger_age=age,
+        )
+        v.user = self._trigger_users.get(trigger)
+        v.external_id = view.get("external_id")
+        self._views[v.id] = v
+        return {"view": v.to_payload(self.team_id, self.app_id, self.bot_id)}
+
+    def _m_views_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        view_id = params.get("view_id")
+        external = params.get("external_id")
+        v = self._views.get(str(view_id)) if view_id else None
+        if v is None and external:
+            v = next((x for x in self._views.values() if x.external_id == external), None)
+        if v is None or v.closed:
+            raise SlackError("not_found")
+        view = self._view_param(params)
+        if params.get("hash") and params["hash"] != v.hash:
+            raise SlackError("hash_conflict")
+        v.history.append(v.view)
+        v.view = view
+        v.hash = uuid.uuid4().hex[:20]
+        v.errors = None
+        v.version += 1
+        return {"view": v.to_payload(self.team_id, self.app_id, self.bot_id)}
+
+    def _m_conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        users = [u for u in str(params.get("users") or "").split(",") if u]
+        if not users:
+            raise SlackError("users_list_not_supplied")
+        if len(users) > 1:
+            raise SlackError("not_supported")  # group DMs are not modelled
+        user = self._user(users[0])
+        dm = "D" + user.id[1:] if len(user.id) > 1 else "D" + user.id
+        already = dm in self._channels
+        if not already:
+            self._channels[dm] = _Channel(dm, f"dm-{user.id.lower()}", member=True, private=True)
+        return {"channel": {"id": dm}, "already_open": already, "no_op": already}
+
     def _m_usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
         group = params.get("usergroup")
         if not group or group not in self._usergroups:
@@ -1196,8 +1491,8 @@ class SlackUser:
         self.last_response_url: str | None = None  # of the last slash command or click built by this user
 
     # ---------------------------------------------------------------- payloads
-    def _trigger_id(self) -> str:
-        return f"{int(time.time())}.{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex}"
+    def _trigger_id(self, user_id: str | None = None) -> str:
+        return self.slack.issue_trigger(user_id or self.user_id)
 
     def _channel_name(self, channel_id: str) -> str:
         with self.slack._lock:
@@ -1230,7 +1525,7 @@ class SlackUser:
             "api_app_id": self.slack.app_id,
             "is_enterprise_install": "false",
             "response_url": self.slack.new_response_url(channel=channel_id, user=user_id),
-            "trigger_id": self._trigger_id(),
+            "trigger_id": self._trigger_id(user_id),
         }
         self.last_response_url = body["response_url"]
         if enterprise_id:
@@ -1281,7 +1576,7 @@ class SlackUser:
             "api_app_id": self.slack.app_id,
             "token": "verification-token-unused",
             "container": container,
-            "trigger_id": self._trigger_id(),
+            "trigger_id": self._trigger_id(user_id),
             "team": {"id": team_id, "domain": self.slack.team_domain},
             "enterprise": {"id": enterprise_id, "name": "Test Enterprise"} if enterprise_id else None,
             "is_enterprise_install": False,
@@ -1374,6 +1669,133 @@ class SlackUser:
         aid, val, params = self._button_click_kw(message, action_id_prefix, value, kw)
         return await self.click(aid, val, **params)
 
+    # ---------------------------------------------------------------- shortcuts and modals
+    def message_action_payload(
+        self,
+        message: Message | dict[str, Any],
+        *,
+        callback_id: str = "polytomic_cancel_from_message",
+        channel_id: str | None = None,
+        user_id: str | None = None,
+        team_id: str | None = None,
+        enterprise_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A message shortcut used on `message` (a Message of this fake, or a message dict)."""
+        user_id = user_id or self.user_id
+        team_id = team_id or self.team_id
+        enterprise_id = enterprise_id or self.slack.enterprise_id
+        if isinstance(message, Message):
+            channel_id = channel_id or message.channel
+            msg = message.to_payload()
+            if not message.bot_id:
+                msg["client_msg_id"] = str(uuid.uuid4())  # Slack adds one to people's messages
+            if message.is_reply:
+                with self.slack._lock:
+                    parent = self.slack._find(message.channel, message.thread_ts)
+                if parent is not None:
+                    msg["parent_user_id"] = parent.user
+        else:
+            msg = copy.deepcopy(message)
+            channel_id = channel_id or self.channel_id
+        response_url = self.slack.new_response_url(channel=channel_id, user=user_id)
+        self.last_response_url = response_url
+        return {
+            "type": "message_action",
+            "token": "verification-token-unused",
+            "action_ts": f"{time.time():.6f}",
+            "team": {"id": team_id, "domain": self.slack.team_domain},
+            "user": {
+                "id": user_id,
+                "username": f"user-{user_id.lower()}",
+                "name": f"user-{user_id.lower()}",
+                "team_id": team_id,
+            },
+            "channel": {"id": channel_id, "name": self._channel_name(channel_id)},
+            "is_enterprise_install": False,
+            "enterprise": {"id": enterprise_id, "name": "Test Enterprise"} if enterprise_id else None,
+            "callback_id": callback_id,
+            "trigger_id": self._trigger_id(user_id),
+            "response_url": response_url,
+            "message_ts": msg.get("ts"),
+            "message": msg,
+        }
+
+    async def shortcut(self, message: Message | dict[str, Any], **kw: Any) -> httpx.Response:
+        """Use the message shortcut on `message` (HTTP mode)."""
+        payload = self.message_action_payload(message, **kw)
+        return await self._post_signed(urlencode({"payload": json.dumps(payload)}).encode())
+
+    def view_submission_payload(
+        self, view_id: str, values: dict[str, Any] | None = None, *, user_id: str | None = None
+    ) -> dict[str, Any]:
+        """Submitting the modal `view_id` with `values`: {block_id: option value (select), [values]
+        (multi-select, checkboxes) or text (plain_text_input)}; input blocks not named are empty."""
+        user_id = user_id or self.user_id
+        view = self.slack.view(view_id)
+        if view.closed:
+            raise AssertionError(f"view {view_id} is closed")
+        state: dict[str, Any] = {}
+        values = dict(values or {})
+        for block in view.inputs():
+            block_id = block.get("block_id")
+            element = block.get("element") or {}
+            kind = element.get("type")
+            action_id = element.get("action_id") or "input"
+            wanted = values.pop(block_id, None)
+            options = {str(o.get("value")): o for o in element.get("options") or []}
+
+            def option(value: Any, block_id: Any = block_id, options: dict = options) -> dict[str, Any]:
+                if str(value) not in options:
+                    raise AssertionError(f"no option {value!r} in {block_id!r}: {list(options)}")
+                return copy.deepcopy(options[str(value)])
+
+            if kind in ("static_select", "radio_buttons"):
+                entry = {"type": kind, "selected_option": option(wanted) if wanted is not None else None}
+            elif kind in ("multi_static_select", "checkboxes"):
+                picked = [wanted] if isinstance(wanted, str) else list(wanted or [])
+                entry = {"type": kind, "selected_options": [option(v) for v in picked]}
+            else:
+                entry = {"type": kind, "value": wanted}
+            state[block_id] = {action_id: entry}
+        if values:
+            raise AssertionError(f"no input blocks {sorted(values)} in view {view_id}")
+        payload_view = view.to_payload(self.slack.team_id, self.slack.app_id, self.slack.bot_id)
+        payload_view["state"] = {"values": state}
+        return {
+            "type": "view_submission",
+            "team": {"id": self.team_id, "domain": self.slack.team_domain},
+            "user": {
+                "id": user_id,
+                "username": f"user-{user_id.lower()}",
+                "name": f"user-{user_id.lower()}",
+                "team_id": self.team_id,
+            },
+            "api_app_id": self.slack.app_id,
+            "token": "verification-token-unused",
+            "trigger_id": self._trigger_id(user_id),
+            "view": payload_view,
+            "response_urls": [],
+            "is_enterprise_install": False,
+            "enterprise": None,
+        }
+
+    async def submit_view(
+        self, view_id: str, values: dict[str, Any] | None = None, **kw: Any
+    ) -> httpx.Response:
+        """Press the modal's submit button (HTTP mode); the bot's answer is applied to the view."""
+        version = self.slack.view(view_id).version
+        payload = self.view_submission_payload(view_id, values, **kw)
+        resp = await self._post_signed(urlencode({"payload": json.dumps(payload)}).encode())
+        body = None
+        if resp.status_code == 200 and resp.content:
+            with contextlib.suppress(ValueError):
+                body = resp.json()
+        if resp.status_code == 200:
+            self.slack.apply_view_response(
+                view_id, body if isinstance(body, dict) else None, submitted_version=version
+            )
+        return resp
+
     # ---------------------------------------------------------------- Socket Mode
     async def slash_via_socket(
         self,
@@ -1406,3 +1828,29 @@ class SlackUser:
     ) -> dict[str, Any] | None:
         aid, val, params = self._button_click_kw(message, action_id_prefix, value, kw)
         return await self.click_via_socket(aid, val, timeout=timeout, **params)
+
+    async def shortcut_via_socket(
+        self,
+        message: Message | dict[str, Any],
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        **kw: Any,
+    ) -> dict[str, Any] | None:
+        return await self.slack.send_envelope(
+            "interactive", self.message_action_payload(message, **kw), timeout=timeout
+        )
+
+    async def submit_view_via_socket(
+        self,
+        view_id: str,
+        values: dict[str, Any] | None = None,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        **kw: Any,
+    ) -> dict[str, Any] | None:
+        version = self.slack.view(view_id).version
+        ack = await self.slack.send_envelope(
+            "interactive", self.view_submission_payload(view_id, values, **kw), timeout=timeout
+        )
+        self.slack.apply_view_response(view_id, ack, submitted_version=version)
+        return ack
