@@ -1,33 +1,25 @@
-"""`polytomic-bot serve` and `polytomic-bot check` (same as `python -m bot`)."""
+"""`polytomic-bot serve | check | demo` (same as `python -m bot`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import sys
 
 from bot import __version__
 from bot.settings import SettingsError, load_settings
 
 
-def configure_logging() -> None:
-    level = os.environ.get("BOT_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    for noisy in ("slack_bolt", "slack_sdk", "httpx", "httpcore", "aiohttp", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
 def _serve() -> int:
+    from bot import logs
+
     try:
         settings = load_settings()
-    except SettingsError as exc:
+        logs.resolve()
+    except (SettingsError, logs.LogConfigError) as exc:
         print(f"polytomic-bot: {exc}", file=sys.stderr)
         return 2
-    configure_logging()
+    logs.configure(secrets=logs.secrets_of(settings))
     from bot.runtime import StartupError, serve  # after the settings: a bad setting fails fast
 
     try:
@@ -41,13 +33,18 @@ def _serve() -> int:
 
 
 def _check() -> int:
+    from bot import check
+
+    return check.main()
+
+
+def _demo(verbose: bool) -> int:
+    from bot import demo
+
     try:
-        load_settings()
-    except SettingsError as exc:
-        print(f"FAIL settings: {exc}")
-        return 1
-    print("ok   settings")
-    return 0
+        return demo.main(verbose=verbose)
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,10 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"polytomic-bot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the bot")
-    sub.add_parser("check", help="validate configuration and reachability")
+    sub.add_parser("check", help="validate configuration and reachability (one line per check)")
+    demo = sub.add_parser(
+        "demo", help="play an on-call story against a fake Slack and a fake Polytomic (no accounts needed)"
+    )
+    demo.add_argument(
+        "-v", "--verbose", action="store_true", help="also show the bot's logs (console format)"
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve()
+    if args.command == "demo":
+        return _demo(args.verbose)
     return _check()
 
 

@@ -6,13 +6,14 @@ retry, a restart or another replica heal the same way: render again from state.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import cards
+from bot import cards, metrics
 from bot.store import Watch
 
 log = logging.getLogger("bot.notifier")
@@ -75,13 +76,21 @@ class Notifier:
         """Call a Web API method through slack_sdk's own method (it knows which are sent as JSON
         and which as form data) and turn failures into SlackWriteError."""
         fn = getattr(self.slack, method.replace(".", "_"))
+        started = time.monotonic()
+        outcome = "ok"
         try:
             response = await fn(**kwargs)
             return response.data if isinstance(response.data, dict) else {}
         except SlackApiError as exc:
+            outcome = slack_error_code(exc)
             raise _wrap(exc) from None
         except Exception as exc:  # connection errors after the client's own retries
+            outcome = type(exc).__name__
             raise SlackWriteError(type(exc).__name__, permanent=False) from None
+        finally:
+            took = time.monotonic() - started
+            metrics.slack_call(method, outcome, took)
+            log.debug("slack %s -> %s in %.0f ms", method, outcome, took * 1000)
 
     async def post(
         self, channel: str, message: dict, *, thread_ts: str | None = None, broadcast: bool = False

@@ -17,7 +17,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import cards, commands
+from bot import cards, commands, metrics
 from bot.access import Access
 from bot.errors import (
     AccessDenied,
@@ -280,6 +280,7 @@ class SlackHandlers:
             await respond(response_type="ephemeral", replace_original=False, **message)
 
     def _render(self, exc: BaseException, origin: Origin) -> dict:
+        metrics.note_outcome(exc)
         if isinstance(exc, UsageError):
             return cards.usage_error(exc)
         if isinstance(exc, AccessDenied):

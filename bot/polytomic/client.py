@@ -31,6 +31,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from bot import metrics
 from bot.polytomic.errors import (
     TRANSIENT,
     BadRequest,
@@ -428,6 +429,7 @@ class PolytomicClient:
                 error = Unreachable(f"{method} {template}: request failed ({type(exc).__name__})")
             elapsed = time.monotonic() - t0
             outcome = response.status_code if response is not None else type(error).__name__
+            metrics.polytomic_call(method, template, outcome, elapsed)
             log.debug(
                 "%s %s -> %s attempt=%d elapsed=%.3fs", method, template, outcome, attempt, elapsed
             )
