@@ -2,6 +2,16 @@
 
 The HTTP listener (uvicorn + Starlette) serves health, readiness and metrics in both modes, and
 `POST /slack/events` in HTTP mode; Socket Mode connects out with the app-level token.
+
+Leases: a replica holds its watches for `lease_s` seconds (renewed every `lease_s / 6`, at most
+twice a second), so a replica that dies without releasing them hands them over within about
+`lease_s` + one claim interval. The default is 30 s. `BOT_LEASE_S` overrides it: an internal knob
+for tests and drills, deliberately not part of the contract's settings.
+
+Shutdown (SIGTERM/SIGINT, `serve`): readiness turns 503 and no new watches are claimed; the HTTP
+listener stops accepting and lets requests in flight (Slack acks) finish; cancel requests being
+handled and polls in flight get a grace period; leases are released so that another replica (or
+the restarted process) resumes the watches at once; then the process exits.
 """
 
 from __future__ import annotations
@@ -18,17 +28,14 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-    AsyncServerErrorRetryHandler,
-)
 from slack_sdk.web.async_client import AsyncWebClient
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from bot import metrics
 from bot.access import Access
 from bot.notifier import Notifier
 from bot.polytomic.client import PolytomicClient
@@ -41,6 +48,35 @@ from bot.watcher import Watcher
 log = logging.getLogger("bot.runtime")
 
 MAX_SLACK_BODY = 256 * 1024  # Slack's own payloads are far smaller; refuse anything larger unread
+DEFAULT_LEASE_S = 30.0
+LEASE_ENV = "BOT_LEASE_S"  # internal/testing knob (see the module docstring)
+STOP_GRACE_S = 2.5
+
+
+def lease_from_env(default: float = DEFAULT_LEASE_S) -> float:
+    raw = os.environ.get(LEASE_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number; using %.0f s", LEASE_ENV, raw, default)
+        return default
+    if not 0.5 <= value <= 3600:
+        log.warning("%s=%r is out of range (0.5..3600); using %.0f s", LEASE_ENV, raw, default)
+        return default
+    return value
+
+
+class _TokenUnusedFilter(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment even when given a client, then warns that the
+    token "will be unused": true, expected here, and confusing in an operator's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will be unused" not in record.getMessage()
+
+
+logging.getLogger("slack_bolt.AsyncApp").addFilter(_TokenUnusedFilter())
 
 
 class StartupError(Exception):
@@ -52,19 +88,26 @@ def slack_client(settings: Settings) -> AsyncWebClient:
         token=settings.slack_bot_token.get_secret_value(),
         base_url=settings.slack_api_base,
         timeout=10,
-        retry_handlers=[
-            AsyncConnectionErrorRetryHandler(max_retry_count=3),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=5),
-            AsyncServerErrorRetryHandler(max_retry_count=3),
-        ],
+        retry_handlers=metrics.slack_retry_handlers(connection=3, rate_limited=5, server=3),
     )
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, owner: str | None = None, lease_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        owner: str | None = None,
+        lease_s: float | None = None,
+        claim_every_s: float | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
+    ) -> None:
         self.settings = settings
         self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.lease_s = lease_s
+        self.lease_s = lease_s if lease_s is not None else lease_from_env()
+        self.claim_every_s = claim_every_s
+        self.stop_grace_s = stop_grace_s
+        self.service: CancelService | None = None
         self.store: Store | None = None
         self.client: PolytomicClient | None = None
         self.slack: AsyncWebClient | None = None
@@ -118,8 +161,11 @@ class Runtime:
             poll_interval_s=s.bot_poll_interval_s,
             poll_max_interval_s=s.bot_poll_max_interval_s,
             lease_s=self.lease_s,
+            claim_every_s=self.claim_every_s,
+            stop_grace_s=self.stop_grace_s,
         )
         service.on_watch = self.watcher.track
+        metrics.register_watcher(self.watcher)
         self.service = service
         self.app = AsyncApp(
             client=self.slack,
@@ -135,6 +181,7 @@ class Runtime:
             notifier=notifier,
             slack=self.slack,
         ).register()
+        metrics.instrument_bolt(self.app)
         self._bolt_http = AsyncSlackRequestHandler(self.app)
         self.watcher.start()
         if s.mode == "socket":
@@ -151,15 +198,27 @@ class Runtime:
         response = await self.slack.usergroups_users_list(usergroup=group_id)
         return list(response.get("users") or [])
 
-    async def stop(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Stop taking work at once (safe to call from a signal handler, and more than once):
+        readiness turns 503 and no new watches are claimed."""
         self._ready = False
+        if self.watcher is not None:
+            self.watcher.drain()
+
+    async def stop(self) -> None:
+        """Finish what is in flight (bounded by `stop_grace_s` per step), release leases, close."""
+        self.begin_shutdown()
         if self.socket_handler is not None:
             with contextlib.suppress(Exception):
                 await self.socket_handler.close_async()
+        if self.service is not None and not await self.service.wait_idle(self.stop_grace_s):
+            log.warning("%d cancel request(s) still in flight at shutdown; their watches resume elsewhere",
+                        self.service.inflight)
         if self.watcher is not None:
-            await self.watcher.stop(release=True)
+            await self.watcher.stop(release=True, grace_s=self.stop_grace_s)
         if self.client is not None:
-            await self.client.aclose()
+            with contextlib.suppress(Exception):
+                await self.client.aclose()
         if self.store is not None:
             await self.store.close()
         if self.slack is not None and getattr(self.slack, "session", None) is not None:
@@ -182,7 +241,7 @@ class Runtime:
 
         async def readyz(_request: Request) -> Response:
             checks = {"started": self._ready}
-            checks["database"] = bool(self.store is not None and await self.store.ping())
+            checks["database"] = bool(self.store is not None and await self.store.ready())
             if self.settings.mode == "socket":
                 client = getattr(self.socket_handler, "client", None)
                 connected = False
@@ -193,15 +252,16 @@ class Runtime:
             ok = all(checks.values())
             return JSONResponse({"ok": ok, **checks}, status_code=200 if ok else 503)
 
-        async def metrics(_request: Request) -> Response:
+        async def metrics_text(_request: Request) -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
         return Starlette(
+            middleware=[Middleware(metrics.AsgiMetrics)],
             routes=[
                 Route("/slack/events", slack_events, methods=["POST"]),
                 Route("/healthz", healthz, methods=["GET"]),
                 Route("/readyz", readyz, methods=["GET"]),
-                Route("/metrics", metrics, methods=["GET"]),
+                Route("/metrics", metrics_text, methods=["GET"]),
             ]
         )
 
@@ -230,21 +290,32 @@ def http_server(app, host: str, port: int) -> HttpServer:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT: then stop taking work, let requests in flight finish (their acks),
-    release leases and exit."""
+    release leases and exit (a second signal skips the wait for open HTTP requests)."""
     runtime = Runtime(settings)
     server = http_server(runtime.http_app, settings.bot_host, settings.bot_port)
     loop = asyncio.get_running_loop()
+    signals = 0
 
     def _exit() -> None:
+        nonlocal signals
+        signals += 1
         log.info("signal received: shutting down")
+        runtime.begin_shutdown()
         server.should_exit = True
+        if signals > 1:
+            server.force_exit = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, _exit)
-    await runtime.start()
     try:
+        await runtime.start()
         await server.serve()
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(runtime.stop(), timeout=8)
+        started = loop.time()
+        try:
+            # bounded: with uvicorn's 3 s for open requests, the process is gone within ~10 s
+            await asyncio.wait_for(runtime.stop(), timeout=2 * STOP_GRACE_S + 1.5)
+        except Exception as exc:
+            log.warning("shutdown did not finish cleanly (%s)", type(exc).__name__)
+        log.info("stopped in %.2fs", loop.time() - started)

@@ -2,27 +2,42 @@
 record, send the cancel once, and hand the watch to the watcher.
 
 Order matters and is chosen so that nothing is sent twice or forgotten:
-1. the watch row is created first; a unique index on unfinished watches makes a second click, a
-   second engineer or another replica find the existing one instead of cancelling again;
+1. the watch row is created first, leased to this replica; a unique index on unfinished watches
+   makes a second click, a second engineer or another replica find the existing one instead of
+   cancelling again (they are added to it and told in the thread: "also asked");
 2. the headline is posted (or the clicked card becomes it), so the thread exists before anything
    happens in Polytomic; if the bot cannot post there, nothing is cancelled;
-3. the cancel is sent with the watch's own Idempotency-Key (a restart re-sends with that same key);
+3. the cancel is sent with the watch's own Idempotency-Key (a restart or another replica resuming
+   the watch re-sends with that same key, so Polytomic sees one action);
 4. the watcher polls until the run ends.
+
+What a hard kill (SIGKILL, OOM, power loss) can do to the thread, step by step:
+* between posting the headline and recording its ts: the resumed watch posts a second headline
+  (a typed command; a clicked card is edited in place, which repeats harmlessly);
+* between recording the cancel as sent and posting "asked to cancel": that reply is lost;
+* "also asked" replies are claimed with a marker before posting: a kill in between loses one;
+* the terminal reply is posted first and recorded right after (`conclude`): a kill in between
+  repeats it on resume rather than losing it. An on-call engineer can live with the end said twice;
+  a thread that never says how the run ended breaks the promise the bot made to the channel.
+Each window is the time between one Slack answer and the next database write (or the reverse),
+with no other await in between.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from bot import cards, logs, metrics
 from bot.access import Access
-from bot.errors import NothingRunning, UnknownName
+from bot.errors import AccessDenied, NothingRunning, UnknownName
 from bot.notifier import Notifier, SlackWriteError
 from bot.polytomic.client import PolytomicClient, new_idempotency_key
-from bot.polytomic.errors import NotFound, PolytomicError
+from bot.polytomic.errors import TRANSIENT, Conflict, NotFound, PolytomicError
 from bot.polytomic.models import BulkSync, SyncStatus, is_running, is_terminal
 from bot.polytomic.resolve import looks_like_uuid, resolve_schema, resolve_sync
 from bot.store import Store, Watch
@@ -38,7 +53,7 @@ class Origin:
     user_id: str
     channel_id: str
     enterprise_id: str | None = None
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    request_id: str = field(default_factory=logs.request_id_or_new)  # the Slack request's, when bound
     source_ts: str | None = None  # the clicked (non-ephemeral) card, which becomes the headline
 
 
@@ -95,6 +110,29 @@ class CancelService:
         self.lease_s = lease_s
         self.on_watch = on_watch
         self._clock = clock or (lambda: datetime.now(UTC))
+        # Watches whose `start` runs in this process right now: the watcher renews their leases
+        # and leaves them alone until they are handed over with `on_watch`.
+        self.starting: set[str] = set()
+        self._final_unrecorded: set[str] = set()  # terminal reply posted, DB write still owed
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        """Cancel requests being handled right now."""
+        return self._inflight
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until no cancel request is being handled; True if none is."""
+        if self._inflight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+            except TimeoutError:
+                pass
+        return self._inflight == 0
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -148,23 +186,36 @@ class CancelService:
     async def request_cancel(
         self, origin: Origin, sync_ref: str, schema_ref: str | None, *, exact_ids: bool = False
     ) -> CancelResult:
-        await self.access.check_cancel(
-            user_id=origin.user_id,
-            channel_id=origin.channel_id,
-            team_id=origin.team_id,
-            enterprise_id=origin.enterprise_id,
-        )
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            return await self._request_cancel(origin, sync_ref, schema_ref, exact_ids=exact_ids)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+    async def _request_cancel(
+        self, origin: Origin, sync_ref: str, schema_ref: str | None, *, exact_ids: bool
+    ) -> CancelResult:
+        try:
+            await self.access.check_cancel(
+                user_id=origin.user_id,
+                channel_id=origin.channel_id,
+                team_id=origin.team_id,
+                enterprise_id=origin.enterprise_id,
+            )
+        except AccessDenied:
+            metrics.CANCELS.labels("denied").inc()
+            raise
         target = await self.locate(sync_ref, schema_ref, exact_ids=exact_ids)
         sync_id = target.sync.id or sync_ref
 
-        # A whole-execution cancel already under way covers every schema of that execution.
+        # A whole-execution cancel already under way covers every schema of that execution
+        # (checked in the same transaction as the insert, so a race between the two is one action).
         keys = [dedupe_key(origin.team_id, sync_id, None, target.execution_id)]
         if target.schema_id is not None:
             keys.append(dedupe_key(origin.team_id, sync_id, target.schema_id, target.execution_id))
-        for key in keys[:-1]:
-            existing = await self.store.find_unfinished(key)
-            if existing is not None:
-                return await self._join(existing, origin)
 
         now = self._clock()
         watch = Watch(
@@ -195,26 +246,36 @@ class CancelService:
             request_id=origin.request_id,
             source_ts=origin.source_ts,
         )
-        watch, created = await self.store.create_watch(watch)
-        if not created:
-            return await self._join(watch, origin)
-        await self.store.audit(
-            action="cancel_requested",
-            outcome="accepted",
-            team_id=origin.team_id,
-            user_id=origin.user_id,
-            channel_id=origin.channel_id,
-            sync_id=sync_id,
-            schema_id=target.schema_id,
-            execution_id=target.execution_id,
-            request_id=origin.request_id,
-            watch_id=watch.id,
-        )
-        await self.start(watch)
+        # Ours from the moment the row exists: the watcher must not resume it while this request
+        # is still posting the headline and sending the cancel.
+        new_id = watch.id
+        self.starting.add(new_id)
+        try:
+            watch, created = await self.store.create_watch(
+                watch, covered_by=keys[0] if target.schema_id is not None else None
+            )
+            if not created:
+                return await self._join(watch, origin)
+            await self.store.audit(
+                action="cancel_requested",
+                outcome="accepted",
+                team_id=origin.team_id,
+                user_id=origin.user_id,
+                channel_id=origin.channel_id,
+                sync_id=sync_id,
+                schema_id=target.schema_id,
+                execution_id=target.execution_id,
+                request_id=origin.request_id,
+                watch_id=watch.id,
+            )
+            await self.start(watch)
+        finally:
+            self.starting.discard(new_id)
         return CancelResult(watch, True)
 
     async def _join(self, watch: Watch, origin: Origin) -> CancelResult:
         newly = await self.store.add_requester(watch.id, origin.user_id)
+        metrics.CANCELS.labels("duplicate").inc()
         await self.store.audit(
             action="cancel_requested",
             outcome="duplicate",
@@ -229,28 +290,50 @@ class CancelService:
         )
         if newly:
             fresh = await self.store.get_watch(watch.id) or watch
+            # No thread yet (the headline is being posted, maybe by another replica): whoever
+            # posts it tells the early joiners (see `start`).
             if fresh.root_ts:
-                try:
-                    await self.notifier.also_asked(fresh, origin.user_id)
-                except SlackWriteError as exc:
-                    log.warning("could not add 'also asked' to watch %s: %s", watch.id, exc.error)
+                await self._tell_also_asked(fresh, origin.user_id)
             watch = fresh
         return CancelResult(watch, False, newly_joined=newly)
+
+    async def _tell_also_asked(self, watch: Watch, user_id: str) -> None:
+        """Post "@who also asked" once per user and watch, whoever gets here first (a joiner, the
+        replica posting the headline). Claimed before posting: a kill in between loses the reply."""
+        if not await self.store.claim_marker("also_asked", f"{watch.id}:{user_id}"):
+            return
+        try:
+            await self.notifier.also_asked(watch, user_id)
+        except SlackWriteError as exc:
+            log.warning("could not add 'also asked' to watch %s: %s", watch.id, exc.error)
 
     async def start(self, watch: Watch) -> None:
         """Headline first, then the cancel, then the watcher. Also used to resume a watch whose
         cancel was never confirmed sent (a restart in between)."""
-        if not watch.root_ts:
-            try:
-                watch.root_ts = await self.notifier.open_headline(watch)
-            except SlackWriteError as exc:
-                if exc.permanent:
-                    await self._abandon(watch, exc.error)
-                    raise CannotPost(exc.error, watch.channel_id) from None
-                raise
-            await self.store.update_watch(watch.id, root_ts=watch.root_ts)
-        if watch.cancel_state == "pending":
-            await self.send_cancel(watch)
+        with logs.request_context(**logs.watch_fields(watch)):
+            await self._start(watch)
+
+    async def _start(self, watch: Watch) -> None:
+        self.starting.add(watch.id)  # (already there when a request creates the watch)
+        try:
+            if not watch.root_ts:
+                try:
+                    watch.root_ts = await self.notifier.open_headline(watch)
+                except SlackWriteError as exc:
+                    if exc.permanent:
+                        await self._abandon(watch, exc.error)
+                        raise CannotPost(exc.error, watch.channel_id) from None
+                    raise
+                await self.store.update_watch(watch.id, root_ts=watch.root_ts, urgent=True)
+                fresh = await self.store.get_watch(watch.id)
+                if fresh is not None:
+                    watch.also_requested = fresh.also_requested
+                    for user_id in fresh.also_requested:
+                        await self._tell_also_asked(watch, user_id)
+            if watch.cancel_state == "pending":
+                await self.send_cancel(watch)
+        finally:
+            self.starting.discard(watch.id)
         if self.on_watch is not None and watch.finished_at is None:
             self.on_watch(watch)
 
@@ -264,7 +347,34 @@ class CancelService:
                 await self.client.cancel_execution(
                     watch.sync_id, watch.execution_id or "", idempotency_key=watch.idempotency_key
                 )
+        except (Conflict, *TRANSIENT) as exc:
+            # Not refused: Polytomic may not have seen it, or is still handling it (409 for the
+            # key). The same key is sent again by the watcher's next poll (until the deadline).
+            log.warning("cancel for watch %s not confirmed (%s); will send it again with the same key",
+                        watch.id, type(exc).__name__)
+            await self.store.audit(
+                action="cancel_sent",
+                outcome=f"retry:{type(exc).__name__}",
+                team_id=watch.team_id,
+                user_id=watch.requested_by,
+                channel_id=watch.channel_id,
+                sync_id=watch.sync_id,
+                schema_id=watch.schema_id,
+                execution_id=watch.execution_id,
+                detail=exc.message[:500],
+                request_id=watch.request_id,
+                watch_id=watch.id,
+            )
+            if not watch.api_trouble:
+                watch.api_trouble = True  # recorded, then posted (a kill in between loses the notice)
+                await self.store.update_watch(watch.id, api_trouble=True)
+                try:
+                    await self.notifier.api_trouble(watch, describe_problem(exc))
+                except SlackWriteError as slack_exc:
+                    log.warning("could not post API trouble for watch %s: %s", watch.id, slack_exc.error)
+            return
         except PolytomicError as exc:
+            metrics.CANCELS.labels("failed").inc()
             watch.cancel_state = "failed"
             await self.store.update_watch(watch.id, cancel_state="failed")
             await self.store.audit(
@@ -284,6 +394,11 @@ class CancelService:
             raise
         watch.cancel_state = "sent"
         await self.store.update_watch(watch.id, cancel_state="sent")
+        metrics.CANCELS.labels("sent").inc()
+        try:
+            await self.notifier.cancel_requested(watch)
+        except SlackWriteError as exc:
+            log.warning("could not post 'cancellation requested' for watch %s: %s", watch.id, exc.error)
         await self.store.audit(
             action="cancel_sent",
             outcome="sent",
@@ -296,25 +411,42 @@ class CancelService:
             request_id=watch.request_id,
             watch_id=watch.id,
         )
-        try:
-            await self.notifier.cancel_requested(watch)
-        except SlackWriteError as exc:
-            log.warning("could not post 'cancellation requested' for watch %s: %s", watch.id, exc.error)
 
     async def conclude(self, watch: Watch, outcome: str, *, detail: str | None = None) -> None:
-        """Record the end once and post the terminal reply once (CONTRACT: exactly once)."""
+        """Record the end once and post the terminal reply once (CONTRACT: exactly once).
+
+        Post, then record: the only await between Slack's answer and `final_posted` is that one
+        database write, so a hard kill repeats the terminal reply in a tiny window and never loses
+        it. The headline is refreshed after the record (it heals from state anyway).
+        """
+        with logs.request_context(**logs.watch_fields(watch)):
+            await self._conclude(watch, outcome, detail)
+
+    async def _conclude(self, watch: Watch, outcome: str, detail: str | None) -> None:
         if watch.finished_at is None:
             await self.store.finish_watch(watch.id, outcome)
             fresh = await self.store.get_watch(watch.id)
             if fresh is not None:
                 watch.finished_at, watch.outcome = fresh.finished_at, fresh.outcome
                 watch.final_posted = fresh.final_posted
-        if watch.final_posted:
+        if watch.final_posted and watch.id not in self._final_unrecorded:
             return
+        if not watch.final_posted:
+            took = ((watch.finished_at or self._clock()) - watch.created_at).total_seconds()
+            message = cards.final_reply(watch, watch.outcome or outcome, took_s=max(took, 0.0), detail=detail)
+            await self.notifier.reply(watch, message)
+            watch.final_posted = True
+            self._final_unrecorded.add(watch.id)
+        await self.store.mark_final_posted(watch.id)  # a failure here is retried by the next poll
+        self._final_unrecorded.discard(watch.id)
+        ended = watch.outcome or outcome
         took = ((watch.finished_at or self._clock()) - watch.created_at).total_seconds()
-        await self.notifier.final(watch, watch.outcome or outcome, took_s=max(took, 0.0), detail=detail)
-        watch.final_posted = True
-        await self.store.mark_final_posted(watch.id)
+        metrics.watch_ended(ended, took)
+        log.info("watch %s ended %s after %.1f s (final reply posted)", watch.id, ended, took)
+        try:
+            await self.notifier.refresh_headline(watch)
+        except SlackWriteError as exc:
+            log.warning("headline update failed for watch %s: %s", watch.id, exc.error)
         await self.store.audit(
             action="watch_ended",
             outcome=watch.outcome or outcome,
@@ -345,6 +477,23 @@ class CancelService:
             request_id=watch.request_id,
             watch_id=watch.id,
         )
+
+
+def describe_problem(error: PolytomicError) -> str:
+    """What is wrong with Polytomic, in words for the thread."""
+    status = getattr(error, "status", None)
+    kind = type(error).__name__
+    words = {
+        "PolytomicTimeout": "it did not answer in time",
+        "Unreachable": "it cannot be reached",
+        "RateLimited": "it is rate-limiting the bot",
+        "ServerError": f"it answers with errors (HTTP {status})",
+        "BadResponse": "its answers are malformed",
+        "Unauthorized": "it refuses the bot's key (HTTP 401)",
+        "Forbidden": "it refuses the bot's key (HTTP 403)",
+        "Conflict": "it is still handling the cancel request",
+    }
+    return words.get(kind, f"{kind}")
 
 
 def _what(sync: BulkSync, schema_id: str | None) -> str:

@@ -23,10 +23,12 @@ Test isolation helpers (`isolated_pg_url`, `open_test_store`) live at the bottom
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
@@ -35,6 +37,7 @@ from os import PathLike
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import aiosqlite
 import asyncpg
 from sqlalchemy import (
     BigInteger,
@@ -66,11 +69,14 @@ from bot.settings import async_database_url
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # version -> step upgrading a database from version-1 to version (runs inside the start-up lock).
+# Filled in below, after the tables.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
 _PG_LOCK_CLASS = 0x706F6C79  # "poly": first key of the start-up advisory lock (second: the schema)
+_PG_CLAIM_LOCK_CLASS = 0x636C6D73  # "clms": claims are serialised per schema (see Store.claim_due)
+_PG_WATCH_LOCK_CLASS = 0x77617463  # "watc": creations of watches covering one execution (create_watch)
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 _POOL_SIZE = 5
 _POOL_OVERFLOW = 5
@@ -238,6 +244,8 @@ Index(
 )
 Index("watches_next_poll", watches.c.next_poll_at)
 Index("watches_lease_owner", watches.c.lease_owner)
+# v2: claims look up the other holders of a sync (one replica polls a sync).
+_watches_sync_index = Index("watches_sync_id", watches.c.sync_id)
 
 audit_log = Table(
     "audit_log",
@@ -266,6 +274,14 @@ markers = Table(
     Column("value", Text),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+
+
+def _v2_sync_index(conn: Connection) -> None:
+    _watches_sync_index.create(conn, checkfirst=True)
+
+
+MIGRATIONS[2] = _v2_sync_index
 
 # --------------------------------------------------------------------------------------------
 # URLs
@@ -312,14 +328,17 @@ def _with_search_path(url: str, schema: str) -> str:
 class Store:
     """Use `await Store.open(url)`; all methods are safe to call concurrently."""
 
-    def __init__(self, engine: AsyncEngine, dialect: str, *, memory: bool = False) -> None:
+    def __init__(
+        self, engine: AsyncEngine, dialect: str, *, memory: bool = False, sqlite_path: str | None = None
+    ) -> None:
         self._engine = engine
         self._dialect = dialect
         self._closed = False
+        self._sqlite_path = sqlite_path  # file databases only (readiness opens it afresh)
         sqlite = dialect == "sqlite"
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if sqlite else None
+        self._write_lock: _WriteLock | None = _WriteLock() if sqlite else None
         # An in-memory SQLite database has a single shared connection: serialise everything.
-        self._read_lock: asyncio.Lock | None = self._write_lock if memory else None
+        self._read_lock: _WriteLock | None = self._write_lock if memory else None
         mod = sqlite_dialect if sqlite else pg_dialect
         self._insert = mod.insert
 
@@ -367,7 +386,7 @@ class Store:
             immediate = conn.get_execution_options().get("bot_write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-        return cls(engine, "sqlite", memory=memory)
+        return cls(engine, "sqlite", memory=memory, sqlite_path=None if memory else parsed.database)
 
     @classmethod
     def _postgresql(cls, url: str, *, echo: bool) -> Store:
@@ -417,16 +436,42 @@ class Store:
             log.debug("database ping failed: %s", type(exc).__name__)
             return False
 
+    async def ready(self, *, within_s: float = 2.0) -> bool:
+        """Readiness: the bot's own database answers within `within_s` seconds; never raises.
+
+        Stricter than `ping`: the schema must be readable. On SQLite a fresh connection opens the
+        file read-write without creating it, so a deleted, moved, unreadable or corrupted file is
+        noticed (pooled connections would go on using the old file). On PostgreSQL a pooled
+        connection is used (checked on checkout), so a server that went away is noticed too.
+        """
+        if self._closed:
+            return False
+        probe = select(func.max(schema_version.c.version))
+        try:
+            async with asyncio.timeout(within_s):
+                if self._sqlite_path is not None:
+                    uri = "file:" + quote(self._sqlite_path) + "?mode=rw"
+                    async with aiosqlite.connect(uri, uri=True, timeout=within_s) as db:
+                        async with db.execute("SELECT max(version) FROM schema_version") as cur:
+                            row = await cur.fetchone()
+                    return bool(row and row[0])
+                async with self._read() as conn:
+                    return bool((await conn.execute(probe)).scalar())
+        except Exception as exc:
+            log.debug("database readiness check failed: %s", type(exc).__name__)
+            return False
+
     # -- transactions -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction (BEGIN IMMEDIATE on SQLite), committed on normal exit."""
+    async def _write(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite), committed on normal exit. `urgent`: on
+        SQLite, go ahead of queued writes (records of what was just posted to Slack)."""
         if self._closed:
             raise StoreError("the store is closed")
         lock = self._write_lock
         if lock is not None:
-            await lock.acquire()
+            await lock.acquire(urgent=urgent)
         try:
             async with self._engine.connect() as conn:
                 await conn.execution_options(bot_write=True)
@@ -467,8 +512,11 @@ class Store:
 
     # -- watches ------------------------------------------------------------------------------
 
-    async def create_watch(self, watch: Watch) -> tuple[Watch, bool]:
-        """Insert `watch` unless an unfinished watch with its dedupe key exists (then return that one)."""
+    async def create_watch(self, watch: Watch, *, covered_by: str | None = None) -> tuple[Watch, bool]:
+        """Insert `watch` unless an unfinished watch with its dedupe key exists (then return that one),
+        or an unfinished watch with the dedupe key `covered_by` does (a whole-execution cancel under
+        way covers each of its schemas; then return that one). Atomic across replicas: on PostgreSQL
+        creations for one `covered_by` key (or, without it, one dedupe key) take an advisory lock."""
         row = _watch_row(watch)
         stmt = (
             self._insert(watches)
@@ -481,8 +529,20 @@ class Store:
         existing_q = select(watches).where(
             watches.c.dedupe_key == watch.dedupe_key, watches.c.finished_at.is_(None)
         )
+        covering_q = select(watches).where(
+            watches.c.dedupe_key == covered_by, watches.c.finished_at.is_(None)
+        )
         for _ in range(10):
             async with self._write() as conn:
+                if self._dialect == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))"),
+                        {"cls": _PG_WATCH_LOCK_CLASS, "key": covered_by or watch.dedupe_key},
+                    )
+                if covered_by is not None:
+                    covering = (await conn.execute(covering_q)).first()
+                    if covering is not None:
+                        return _watch(covering), False
                 inserted = (await conn.execute(stmt)).first()
                 if inserted is not None:
                     return _watch(inserted), True
@@ -503,15 +563,16 @@ class Store:
             row = (await conn.execute(q)).first()
         return _watch(row) if row is not None else None
 
-    async def update_watch(self, watch_id: str, **values: Any) -> None:
-        """Set only the named columns. Unknown names (or `id`) raise `TypeError`."""
+    async def update_watch(self, watch_id: str, *, urgent: bool = False, **values: Any) -> None:
+        """Set only the named columns. Unknown names (or `id`) raise `TypeError`. `urgent`: this
+        records something just posted to Slack (ahead of other queued writes on SQLite)."""
         unknown = set(values) - _UPDATABLE
         if unknown:
             raise TypeError(f"update_watch: unknown or read-only fields {sorted(unknown)}")
         if not values:
             return
         _check_aware(values)
-        async with self._write() as conn:
+        async with self._write(urgent=urgent) as conn:
             await conn.execute(update(watches).where(watches.c.id == watch_id).values(**values))
 
     async def add_requester(self, watch_id: str, user_id: str) -> bool:
@@ -545,7 +606,8 @@ class Store:
             return (await conn.execute(stmt)).first() is not None
 
     async def mark_final_posted(self, watch_id: str) -> None:
-        async with self._write() as conn:
+        """Record that the terminal reply is posted (urgent: it was, a moment ago)."""
+        async with self._write(urgent=True) as conn:
             await conn.execute(update(watches).where(watches.c.id == watch_id).values(final_posted=True))
 
     async def unfinished_watches(self) -> list[Watch]:
@@ -557,24 +619,58 @@ class Store:
     # -- leases -------------------------------------------------------------------------------
 
     async def claim_due(
-        self, owner: str, *, lease_s: float, limit: int = 100, now: datetime | None = None
+        self,
+        owner: str,
+        *,
+        lease_s: float,
+        limit: int = 100,
+        now: datetime | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[Watch]:
         """Lease up to `limit` open watches (unfinished, or terminal reply not yet posted) that nobody
-        else holds (free, expired lease, or already ours), soonest `next_poll_at` first."""
+        else holds (free, expired lease, or already ours), soonest `next_poll_at` first. `exclude`:
+        ids the caller holds already (renewed separately), so they do not use up `limit`.
+
+        One replica per sync: a watch whose sync has another open watch under another owner's live
+        lease is left to that owner, so the status poll of a sync stays shared. Claims are serialised
+        (a transaction-scoped advisory lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite) so that two
+        replicas never split the free watches of one sync between them; `SKIP LOCKED` still steps
+        over rows another transaction is writing.
+        """
         now = now or utcnow()
         until = now + timedelta(seconds=lease_s)
-        claimable = and_(
-            or_(watches.c.finished_at.is_(None), watches.c.final_posted.is_(False)),
-            or_(watches.c.lease_owner.is_(None), watches.c.lease_until < now, watches.c.lease_owner == owner),
+        other = watches.alias("other")
+        held_by_another = (
+            select(other.c.id)
+            .where(
+                other.c.sync_id == watches.c.sync_id,
+                _open(other),
+                other.c.lease_owner.is_not(None),
+                other.c.lease_owner != owner,
+                other.c.lease_until >= now,
+            )
+            .exists()
         )
+        claimable = and_(
+            _open(watches),
+            or_(watches.c.lease_owner.is_(None), watches.c.lease_until < now, watches.c.lease_owner == owner),
+            ~held_by_another,
+        )
+        if exclude:
+            claimable = and_(claimable, watches.c.id.not_in(list(exclude)))
         pick = (
             select(watches.c.id)
             .where(claimable)
             .order_by(watches.c.next_poll_at, watches.c.id)
             .limit(limit)
-            .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
+            .with_for_update(skip_locked=True, of=watches)  # rendered on PostgreSQL only
         )
         async with self._write() as conn:
+            if self._dialect == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:cls, hashtext(coalesce(current_schema(), '')))"),
+                    {"cls": _PG_CLAIM_LOCK_CLASS},
+                )
             ids = list((await conn.execute(pick)).scalars())
             if not ids:
                 return []
@@ -589,6 +685,22 @@ class Store:
         claimed = [_watch(r) for r in rows]
         claimed.sort(key=lambda w: (w.next_poll_at, w.id))
         return claimed
+
+    async def sync_holders(self, sync_id: str, *, now: datetime | None = None) -> set[str]:
+        """Owners holding a live lease on an open watch of `sync_id`."""
+        now = now or utcnow()
+        q = (
+            select(watches.c.lease_owner)
+            .where(
+                watches.c.sync_id == sync_id,
+                _open(watches),
+                watches.c.lease_owner.is_not(None),
+                watches.c.lease_until >= now,
+            )
+            .distinct()
+        )
+        async with self._read() as conn:
+            return set((await conn.execute(q)).scalars())
 
     async def renew(
         self, owner: str, watch_ids: Sequence[str], *, lease_s: float, now: datetime | None = None
@@ -607,13 +719,17 @@ class Store:
             held = set((await conn.execute(stmt)).scalars())
         return [i for i in dict.fromkeys(watch_ids) if i in held]
 
-    async def release(self, owner: str, watch_ids: Sequence[str] | None = None) -> None:
-        """Drop `owner`'s leases (all of them when `watch_ids` is None)."""
+    async def release(
+        self, owner: str, watch_ids: Sequence[str] | None = None, *, keep: Sequence[str] = ()
+    ) -> None:
+        """Drop `owner`'s leases (all of them when `watch_ids` is None), except those in `keep`."""
         cond = watches.c.lease_owner == owner
         if watch_ids is not None:
             if not watch_ids:
                 return
             cond = and_(cond, watches.c.id.in_(list(watch_ids)))
+        if keep:
+            cond = and_(cond, watches.c.id.not_in(list(keep)))
         async with self._write() as conn:
             await conn.execute(update(watches).where(cond).values(lease_owner=None, lease_until=None))
 
@@ -676,6 +792,46 @@ class Store:
             await conn.execute(stmt)
 
 
+class _WriteLock:
+    """The SQLite writer's lock: FIFO, except that `urgent` waiters go first. Records of what was
+    just posted to Slack are urgent, so the window in which a hard kill repeats a reply does not
+    grow with the queue of renewals and audit writes."""
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        return self._locked
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        if not self._locked and not self._urgent and not self._normal:
+            self._locked = True
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._urgent if urgent else self._normal
+        queue.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed the lock just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(fut)
+            raise
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._normal):
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(None)  # handed over: stays locked
+                    return
+        self._locked = False
+
+
 def _upgrade(conn: Connection) -> None:
     schema_version.create(conn, checkfirst=True)
     current = conn.execute(select(func.max(schema_version.c.version))).scalar()
@@ -694,6 +850,11 @@ def _upgrade(conn: Connection) -> None:
         MIGRATIONS[version](conn)
         conn.execute(schema_version.insert().values(version=version, applied_at=utcnow()))
         log.info("database schema migrated to version %d", version)
+
+
+def _open(t: Any) -> Any:
+    """A watch still owed work: unfinished, or its terminal reply not yet posted."""
+    return or_(t.c.finished_at.is_(None), t.c.final_posted.is_(False))
 
 
 def _check_aware(values: dict[str, Any]) -> None:

@@ -100,7 +100,11 @@ async def test_round_trip_with_aware_datetimes(store):
 
     later = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
     await store.update_watch(
-        w.id, last_state="running", cancel_state="sent", api_trouble=True, next_poll_at=later,
+        w.id,
+        last_state="running",
+        cancel_state="sent",
+        api_trouble=True,
+        next_poll_at=later,
         root_ts="1700000000.000200",
     )
     back = await store.get_watch(w.id)
@@ -131,6 +135,33 @@ async def test_dedupe_under_concurrent_creates(db_url):
         assert {w.id for w, _ in results} == {winner.id}
         assert (await a.find_unfinished("T1:sync-1:sch-1:-")).id == winner.id
         assert len(await a.unfinished_watches()) == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_whole_execution_watch_covers_its_schemas(db_url):
+    whole_key = watch_dedupe_key("T1", "sync-1", None, "ex-1")
+    schema_key = watch_dedupe_key("T1", "sync-1", "accounts", "ex-1")
+    a, b = await Store.open(db_url), await Store.open(db_url)
+    try:
+        # racing: one whole-execution request and many schema requests, through two replicas
+        results = await asyncio.gather(
+            a.create_watch(make_watch(whole_key)),
+            *[
+                (a if i % 2 else b).create_watch(make_watch(schema_key), covered_by=whole_key)
+                for i in range(10)
+            ],
+        )
+        created = [w for w, c in results if c]
+        assert sorted(w.dedupe_key for w in created) in ([whole_key], sorted([whole_key, schema_key]))
+        # once the whole execution is being cancelled, a schema request joins it
+        later, made = await b.create_watch(make_watch(schema_key + "x"), covered_by=whole_key)
+        assert not made and later.dedupe_key == whole_key
+        # the covering watch finished: schema requests create their own again
+        await a.finish_watch(later.id, "canceled")
+        fresh, made = await b.create_watch(make_watch(schema_key + "y"), covered_by=whole_key)
+        assert made and fresh.dedupe_key == schema_key + "y"
     finally:
         await a.close()
         await b.close()
@@ -186,13 +217,17 @@ async def test_finish_watch_once(store):
 async def test_claim_renew_release(store):
     t0 = utcnow()
     ws = []
-    for i in range(3):
-        w, _ = await store.create_watch(make_watch(f"k{i}", next_poll_at=t0 + timedelta(seconds=3 - i)))
+    for i in range(3):  # one sync each (watches of one sync go to one replica: see the next test)
+        w, _ = await store.create_watch(
+            make_watch(f"k{i}", sync_id=f"sync-{i}", next_poll_at=t0 + timedelta(seconds=3 - i))
+        )
         ws.append(w)
-    done, _ = await store.create_watch(make_watch("done"))
+    done, _ = await store.create_watch(make_watch("done", sync_id="sync-8"))
     await store.finish_watch(done.id, "canceled")
     await store.mark_final_posted(done.id)
-    unposted, _ = await store.create_watch(make_watch("unposted", next_poll_at=t0 + timedelta(seconds=10)))
+    unposted, _ = await store.create_watch(
+        make_watch("unposted", sync_id="sync-9", next_poll_at=t0 + timedelta(seconds=10))
+    )
     await store.finish_watch(unposted.id, "completed")  # terminal reply still owed: claimable
 
     got = await store.claim_due("A", lease_s=30, now=t0)
@@ -223,6 +258,61 @@ async def test_claim_renew_release(store):
     await store.release("B", [ws[0].id])
     assert (await store.get_watch(ws[0].id)).lease_owner == "A"
     assert len(await store.claim_due("C", lease_s=30, now=later, limit=10)) == 3
+
+
+async def test_one_replica_per_sync(store):
+    t0 = utcnow()
+    a1, _ = await store.create_watch(
+        make_watch("a1", sync_id="S", lease_owner="A", lease_until=t0 + timedelta(seconds=30))
+    )
+    free = [(await store.create_watch(make_watch(f"f{i}", sync_id="S")))[0] for i in range(2)]
+    other, _ = await store.create_watch(make_watch("o", sync_id="T"))
+    # B may not split sync S with A; it gets the other sync
+    assert [w.id for w in await store.claim_due("B", lease_s=30, now=t0)] == [other.id]
+    assert await store.sync_holders("S", now=t0) == {"A"}
+    assert await store.sync_holders("T", now=t0) == {"B"}
+    # A, which polls S, gets the rest of S (and its own again)
+    assert {w.id for w in await store.claim_due("A", lease_s=30, now=t0)} == {a1.id, *(w.id for w in free)}
+    # A dies: once its leases run out S is B's, whole
+    later = t0 + timedelta(seconds=31)
+    assert await store.sync_holders("S", now=later) == {"B"} - {"B"}
+    assert {w.id for w in await store.claim_due("B", lease_s=30, now=later)} == {
+        a1.id,
+        other.id,
+        *(w.id for w in free),
+    }
+    # a finished watch whose terminal reply is posted holds nothing
+    await store.finish_watch(a1.id, "canceled")
+    await store.mark_final_posted(a1.id)
+    await store.release("B", keep=[free[0].id])
+    assert await store.sync_holders("S", now=later) == {"B"}
+    assert (await store.get_watch(free[1].id)).lease_owner is None
+    assert (await store.get_watch(other.id)).lease_owner is None
+
+
+async def test_claims_race_without_splitting_a_sync(db_url):
+    """Two replicas claiming at the same moment never both take free watches of one sync."""
+    a, b = await Store.open(db_url), await Store.open(db_url)
+    try:
+        for sync in range(5):
+            for i in range(4):
+                await a.create_watch(make_watch(f"s{sync}:{i}", sync_id=f"sync-{sync}"))
+        held: dict[str, set[str]] = {"A": set(), "B": set()}
+
+        async def claim(store: Store, owner: str) -> None:
+            got = await store.claim_due(owner, lease_s=60, limit=3, exclude=sorted(held[owner]))
+            held[owner].update(w.id for w in got)
+
+        for _ in range(5):
+            await asyncio.gather(claim(a, "A"), claim(b, "B"))
+        assert held["A"] and held["B"]  # both got work
+        by_sync: dict[str, set[str]] = {}
+        for w in await a.unfinished_watches():
+            by_sync.setdefault(w.sync_id, set()).add(w.lease_owner)
+        assert all(len(owners) == 1 and None not in owners for owners in by_sync.values()), by_sync
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_two_owners_never_share_a_watch(db_url):
@@ -257,16 +347,30 @@ async def test_two_owners_never_share_a_watch(db_url):
 
 async def test_audit_records_newest_first(store):
     before = utcnow()
-    await store.audit(action="cancel_schema", outcome="sent", team_id="T1", user_id="U1", channel_id="C1",
-                      sync_id="s1", schema_id="sch", execution_id="e1", detail="via button",
-                      request_id="r1", watch_id="w1")
+    await store.audit(
+        action="cancel_schema",
+        outcome="sent",
+        team_id="T1",
+        user_id="U1",
+        channel_id="C1",
+        sync_id="s1",
+        schema_id="sch",
+        execution_id="e1",
+        detail="via button",
+        request_id="r1",
+        watch_id="w1",
+    )
     await store.audit(action="cancel_sync", outcome="denied", team_id="T1", user_id="U2", channel_id=None)
     records = await store.audit_records()
     assert [r["action"] for r in records] == ["cancel_sync", "cancel_schema"]
     assert records[0]["outcome"] == "denied" and records[0]["channel_id"] is None
     older = records[1]
     assert (older["user_id"], older["sync_id"], older["schema_id"], older["execution_id"]) == (
-        "U1", "s1", "sch", "e1")
+        "U1",
+        "s1",
+        "sch",
+        "e1",
+    )
     assert (older["detail"], older["request_id"], older["watch_id"]) == ("via button", "r1", "w1")
     assert older["at"].tzinfo is not None and older["at"] >= before - timedelta(seconds=1)
     assert [r["action"] for r in await store.audit_records(limit=1)] == ["cancel_sync"]
@@ -313,6 +417,59 @@ async def test_ping(store, tmp_path):
         await down.close()
     await store.close()
     assert not await store.ping()
+
+
+async def test_ready_notices_a_missing_database_file(tmp_path):
+    path = tmp_path / "bot.db"
+    store = await Store.open(f"sqlite:///{path}")
+    try:
+        assert await store.ready()
+        path.rename(tmp_path / "moved.db")
+        assert not await store.ready()  # pooled connections would still answer SELECT 1
+        assert not path.exists()  # and the check did not create an empty file
+        (tmp_path / "moved.db").rename(path)
+        assert await store.ready()
+    finally:
+        await store.close()
+    assert not await store.ready()
+
+
+@needs_pg
+async def test_ready_on_postgresql_and_down():
+    async with open_test_store(PG_URL) as s:
+        assert await s.ready()
+    down = await Store.open("postgresql://nobody:secret@127.0.0.1:1/none", migrate=False)
+    try:
+        assert not await down.ready()
+    finally:
+        await down.close()
+
+
+async def test_version_1_database_is_migrated(db_url):
+    """A database created by the first release (no sync index) is brought to the current schema."""
+    first = await Store.open(db_url)
+    try:
+        w, _ = await first.create_watch(make_watch())
+        async with first._write() as conn:
+            await conn.execute(text("DROP INDEX watches_sync_id"))
+            await conn.execute(schema_version.update().values(version=1))  # a fresh db has one row
+        assert await first.schema_version() == 1
+    finally:
+        await first.close()
+    upgraded = await Store.open(db_url)
+    try:
+        assert await upgraded.schema_version() == SCHEMA_VERSION == 2
+        assert (await upgraded.get_watch(w.id)).id == w.id
+
+        def index_names(conn):
+            from sqlalchemy import inspect
+
+            return {i["name"] for i in inspect(conn).get_indexes("watches")}
+
+        async with upgraded._read() as conn:
+            assert "watches_sync_id" in await conn.run_sync(index_names)
+    finally:
+        await upgraded.close()
 
 
 async def test_schema_creation_is_idempotent(db_url):
@@ -365,3 +522,34 @@ async def test_isolated_pg_schema_is_dropped():
         assert await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", name) == 0
     finally:
         await conn.close()
+
+
+async def test_sqlite_write_lock_lets_urgent_writes_go_first():
+    from bot.store import _WriteLock
+
+    lock, order = _WriteLock(), []
+    await lock.acquire()
+
+    async def writer(name: str, urgent: bool) -> None:
+        await lock.acquire(urgent=urgent)
+        order.append(name)
+        lock.release()
+
+    tasks = [asyncio.create_task(writer(n, u)) for n, u in [("a", False), ("b", False), ("final", True)]]
+    doomed = asyncio.create_task(writer("cancelled", True))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    await asyncio.sleep(0)
+    lock.release()
+    await asyncio.gather(*tasks)
+    assert order == ["final", "a", "b"] and not lock.locked()
+    # a waiter cancelled right after being handed the lock passes it on
+    await lock.acquire()
+    late = asyncio.create_task(writer("late", False))
+    after = asyncio.create_task(writer("after", False))
+    await asyncio.sleep(0)
+    lock.release()  # handed to `late` ...
+    late.cancel()  # ... which is cancelled before it runs
+    await asyncio.gather(late, return_exceptions=True)
+    await after
+    assert order[-1] == "after" and not lock.locked()
