@@ -69,6 +69,7 @@ class Notifier:
     def __init__(self, slack: AsyncWebClient, *, clock: Callable[[], datetime] | None = None) -> None:
         self.slack = slack
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._foreign_roots: set[tuple[str, str]] = set()  # roots that are other apps' messages
 
     # -- low level -------------------------------------------------------------------------
 
@@ -137,21 +138,34 @@ class Notifier:
         return cards.watch_headline(w, now=self._clock())
 
     async def open_headline(self, w: Watch) -> str:
-        """Make the clicked card the headline, or post a new one. Returns the root ts."""
+        """Make the clicked card the headline, or post a new one. Returns the root ts.
+
+        On someone else's message (the message shortcut on another tool's alert) the story goes
+        into that message's thread: the headline is posted as its first reply (a snapshot, since
+        it cannot be the message itself) and that message stays the root."""
         message = self.headline(w)
         if w.source_ts:
             try:
                 await self.update(w.channel_id, w.source_ts, message)
                 return w.source_ts
             except SlackWriteError as exc:
-                # A card we cannot edit (not ours, deleted): tell the story in a new message.
-                if exc.error not in ("cant_update_message", "message_not_found"):
+                if exc.error == "cant_update_message":
+                    await self.post(w.channel_id, message, thread_ts=w.source_ts)
+                    self._foreign_roots.add((w.channel_id, w.source_ts))
+                    return w.source_ts
+                if exc.error != "message_not_found":
                     raise
         return await self.post(w.channel_id, message)
 
     async def refresh_headline(self, w: Watch) -> None:
-        if w.root_ts:
+        if not w.root_ts or (w.channel_id, w.root_ts) in self._foreign_roots:
+            return
+        try:
             await self.update(w.channel_id, w.root_ts, self.headline(w))
+        except SlackWriteError as exc:
+            if exc.error != "cant_update_message":
+                raise
+            self._foreign_roots.add((w.channel_id, w.root_ts))
 
     async def reply(self, w: Watch, message: dict, *, broadcast: bool = False) -> None:
         await self.post(w.channel_id, message, thread_ts=w.root_ts, broadcast=broadcast)
@@ -162,10 +176,6 @@ class Notifier:
 
     async def state_changed(self, w: Watch, state: str, detail: str | None) -> None:
         await self.reply(w, cards.state_reply(w, state, detail))
-        await self._headline_best_effort(w)
-
-    async def final(self, w: Watch, outcome: str, *, took_s: float, detail: str | None) -> None:
-        await self.reply(w, cards.final_reply(w, outcome, took_s=took_s, detail=detail), broadcast=False)
         await self._headline_best_effort(w)
 
     async def also_asked(self, w: Watch, user_id: str) -> None:

@@ -35,8 +35,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bot import metrics
+from bot import metrics, shortcut, webhooks
 from bot.access import Access
+from bot.monitor import LongRunMonitor
 from bot.notifier import Notifier
 from bot.polytomic.client import PolytomicClient
 from bot.service import CancelService
@@ -114,6 +115,9 @@ class Runtime:
         self.watcher: Watcher | None = None
         self.socket_handler = None
         self.app: AsyncApp | None = None
+        self.monitor: LongRunMonitor | None = None
+        self.events: webhooks.EventReceiver | None = None
+        self.shortcut: shortcut.MessageShortcut | None = None
         self.http_app = self._build_http()
         self._ready = False
 
@@ -181,9 +185,27 @@ class Runtime:
             notifier=notifier,
             slack=self.slack,
         ).register()
+        # Alerts: long-run cards, Polytomic event webhooks, the message shortcut.
+        self.monitor = LongRunMonitor.from_settings(
+            s, client=self.client, store=self.store, notifier=notifier, owner=self.owner
+        )
+        self.events = webhooks.EventReceiver.from_settings(
+            s, store=self.store, client=self.client, notifier=notifier, monitor=self.monitor
+        )
+        self.shortcut = shortcut.register(
+            self.app,
+            service=service,
+            client=self.client,
+            notifier=notifier,
+            access=access,
+            settings=s,
+            bot_user_id=self.bot_user_id,
+        )
         metrics.instrument_bolt(self.app)
         self._bolt_http = AsyncSlackRequestHandler(self.app)
         self.watcher.start()
+        if self.monitor is not None:
+            self.monitor.start()
         if s.mode == "socket":
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
@@ -208,6 +230,9 @@ class Runtime:
     async def stop(self) -> None:
         """Finish what is in flight (bounded by `stop_grace_s` per step), release leases, close."""
         self.begin_shutdown()
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                await self.monitor.stop()
         if self.socket_handler is not None:
             with contextlib.suppress(Exception):
                 await self.socket_handler.close_async()
@@ -262,6 +287,9 @@ class Runtime:
                 Route("/healthz", healthz, methods=["GET"]),
                 Route("/readyz", readyz, methods=["GET"]),
                 Route("/metrics", metrics_text, methods=["GET"]),
+                webhooks.route(
+                    lambda: self.events, enabled=self.settings.polytomic_webhook_secret is not None
+                ),
             ]
         )
 
