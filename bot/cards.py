@@ -731,6 +731,7 @@ _OUTCOMES: dict[str, tuple[str, str]] = {
     "errors": ("⚠️", "finished with *errors*"),
     "interrupted": ("⚠️", "was *interrupted*"),
     "not_found": ("❓", "was *not found* (the sync or its execution was deleted)"),
+    "vanished": ("❓", "is *no longer listed* in the running execution; its end state is unknown"),
 }
 
 

@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
 import os
 import signal
 import socket
+import time
 import uuid
+from urllib.parse import parse_qs
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -78,6 +83,48 @@ class _TokenUnusedFilter(logging.Filter):
 
 
 logging.getLogger("slack_bolt.AsyncApp").addFilter(_TokenUnusedFilter())
+
+
+def slack_body_problem(raw: bytes, content_type: str) -> str | None:
+    """Why a signed request body is not something Slack sends (None when it is). Checked before
+    Bolt parses it, so that odd bodies get a 400 instead of an exception deep in a matcher."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body is not UTF-8"
+    if content_type.startswith("application/json"):
+        try:
+            data = json.loads(text) if text else {}
+        except (ValueError, RecursionError):
+            return "body is not JSON"
+        return None if isinstance(data, dict) else "body is not a JSON object"
+    form = parse_qs(text, keep_blank_values=True)
+    if "payload" not in form:
+        return None
+    try:
+        payload = json.loads(form["payload"][0])
+    except (ValueError, RecursionError):
+        return "payload is not JSON"
+    if not isinstance(payload, dict):
+        return "payload is not a JSON object"
+    for key in ("user", "team", "container", "channel", "view", "message", "enterprise", "state"):
+        if payload.get(key) is not None and not isinstance(payload[key], dict):
+            return f"payload.{key} is not an object"
+    actions = payload.get("actions")
+    if actions is not None and (
+        not isinstance(actions, list) or not actions or not all(isinstance(a, dict) for a in actions)
+    ):
+        return "payload.actions is not a list of objects"
+    for action in actions or []:
+        for key in ("action_id", "block_id", "value", "type"):
+            if action.get(key) is not None and not isinstance(action[key], str):
+                return f"payload.actions[].{key} is not a string"
+    for key in ("callback_id", "trigger_id", "response_url", "action_id"):
+        if payload.get(key) is not None and not isinstance(payload[key], str):
+            return f"payload.{key} is not a string"
+    if not isinstance(payload.get("type"), str):
+        return "payload.type is missing"
+    return None
 
 
 class StartupError(Exception):
@@ -252,6 +299,20 @@ class Runtime:
 
     # -- HTTP ------------------------------------------------------------------------------
 
+    def _signature_ok(self, request: Request, raw: bytes) -> bool:
+        """Slack's v0 signature over the raw body, within 5 minutes, in constant time; checked
+        here, before anything parses the body (Bolt checks it again)."""
+        secret = self.settings.slack_signing_secret
+        timestamp = request.headers.get("x-slack-request-timestamp", "")
+        signature = request.headers.get("x-slack-signature", "")
+        if secret is None or not timestamp.isdigit() or len(timestamp) > 12 or not signature:
+            return False
+        if abs(time.time() - int(timestamp)) > 60 * 5:
+            return False
+        base = b"v0:" + timestamp.encode() + b":" + raw
+        expected = "v0=" + hmac.new(secret.get_secret_value().encode(), base, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, signature)
+
     def _build_http(self) -> Starlette:
         async def slack_events(request: Request) -> Response:
             if self.settings.mode != "http" or self.app is None:
@@ -259,7 +320,26 @@ class Runtime:
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > MAX_SLACK_BODY):
                 return PlainTextResponse("payload too large", status_code=413)
-            return await self._bolt_http.handle(request)
+            body = bytearray()
+            async for chunk in request.stream():  # chunked bodies too: stop reading at the cap
+                body += chunk
+                if len(body) > MAX_SLACK_BODY:
+                    return PlainTextResponse("payload too large", status_code=413)
+            raw = bytes(body)
+            if not self._signature_ok(request, raw):
+                return PlainTextResponse("invalid request", status_code=401)
+            problem = slack_body_problem(raw, request.headers.get("content-type", ""))
+            if problem:
+                log.info("refused a signed but malformed Slack request: %s", problem)
+                return PlainTextResponse(f"malformed request: {problem}", status_code=400)
+            request._body = raw  # Bolt's adapter reads the cached body
+            try:
+                return await self._bolt_http.handle(request)
+            except Exception as exc:  # a shape Bolt cannot route: refuse it, never a 500
+                ref = uuid.uuid4().hex[:8]
+                log.warning("Slack request refused ref=%s: %s", ref, type(exc).__name__,
+                            extra={"correlation_id": ref})
+                return PlainTextResponse(f"malformed request (ref {ref})", status_code=400)
 
         async def healthz(_request: Request) -> Response:
             return JSONResponse({"ok": True})

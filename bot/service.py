@@ -114,6 +114,7 @@ class CancelService:
         # and leaves them alone until they are handed over with `on_watch`.
         self.starting: set[str] = set()
         self._final_unrecorded: set[str] = set()  # terminal reply posted, DB write still owed
+        self._healing: set[asyncio.Task] = set()  # headline updates retried after the end
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -434,7 +435,19 @@ class CancelService:
         if not watch.final_posted:
             took = ((watch.finished_at or self._clock()) - watch.created_at).total_seconds()
             message = cards.final_reply(watch, watch.outcome or outcome, took_s=max(took, 0.0), detail=detail)
-            await self.notifier.reply(watch, message)
+            try:
+                await self.notifier.reply(watch, message)
+            except SlackWriteError as exc:
+                if not exc.permanent:
+                    raise
+                # The thread cannot be written (archived, bot removed, token revoked): audit the end,
+                # tell the requester directly if Slack lets us, record it, and let the caller give up.
+                ended = watch.outcome or outcome
+                await self._audit_end(watch, ended, f"terminal reply not posted: {exc.error}")
+                await self._tell_requester_directly(watch, message, exc.error)
+                await self.store.mark_final_posted(watch.id)
+                watch.final_posted = True
+                raise
             watch.final_posted = True
             self._final_unrecorded.add(watch.id)
         await self.store.mark_final_posted(watch.id)  # a failure here is retried by the next poll
@@ -447,9 +460,36 @@ class CancelService:
             await self.notifier.refresh_headline(watch)
         except SlackWriteError as exc:
             log.warning("headline update failed for watch %s: %s", watch.id, exc.error)
+            if not exc.permanent:  # nothing else will heal it: the watch is over
+                task = asyncio.create_task(self._heal_headline(watch))
+                self._healing.add(task)
+                task.add_done_callback(self._healing.discard)
+        await self._audit_end(watch, watch.outcome or outcome, detail)
+
+    async def _heal_headline(self, watch: Watch) -> None:
+        for delay in (2, 5, 15, 30, 60, 120):
+            await asyncio.sleep(delay)
+            try:
+                await self.notifier.refresh_headline(watch)
+                return
+            except SlackWriteError as exc:
+                if exc.permanent:
+                    return
+        log.warning("gave up updating the headline of watch %s", watch.id)
+
+    async def _tell_requester_directly(self, watch: Watch, message: dict, error: str) -> None:
+        """Best effort: a direct message (the app's DM) to the requester with the end."""
+        note = f"I could not post in the thread of this cancellation ({error}). " + message["text"]
+        block = {"type": "section", "text": {"type": "mrkdwn", "text": note[:2900]}}
+        try:
+            await self.notifier.post(watch.requested_by, {"text": note, "blocks": [block]})
+        except SlackWriteError as exc:
+            log.warning("could not tell %s how watch %s ended: %s", watch.requested_by, watch.id, exc.error)
+
+    async def _audit_end(self, watch: Watch, outcome: str, detail: str | None) -> None:
         await self.store.audit(
             action="watch_ended",
-            outcome=watch.outcome or outcome,
+            outcome=outcome,
             team_id=watch.team_id,
             user_id=watch.requested_by,
             channel_id=watch.channel_id,

@@ -36,8 +36,8 @@ from bot.service import CancelResult, CancelService, CannotPost, Origin
 
 log = logging.getLogger("bot.slack")
 
-CANCEL_ACTIONS = re.compile(r"^polytomic\.(cancel_schema|cancel_sync|confirm_cancel)(:.*)?$")
-REFRESH_ACTION = re.compile(r"^polytomic\.refresh(:.*)?$")
+CANCEL_ACTIONS = re.compile(r"\Apolytomic\.(cancel_schema|cancel_sync|confirm_cancel)(:.*)?\Z", re.S)
+REFRESH_ACTION = re.compile(r"\Apolytomic\.refresh(:.*)?\Z", re.S)
 ANY_ACTION = re.compile(r".*")
 MAX_VALUE_LEN = 2000
 
@@ -48,7 +48,7 @@ def parse_button_value(raw: Any, *, need_schema: bool | None) -> tuple[str, str 
         raise BadButton("This button carries no valid target.")
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadButton("This button's value is not valid JSON.") from None
     if not isinstance(value, dict):
         raise BadButton("This button's value is not an object.")
@@ -70,39 +70,56 @@ def _button_on_card(message: dict | None, action_id: str, value: str) -> bool:
     if not message or not isinstance(message.get("blocks"), list):
         return True  # ephemeral cards are not sent back to us; nothing to compare with
     for block in message["blocks"]:
-        elements = list(block.get("elements") or []) if isinstance(block, dict) else []
-        if isinstance(block, dict) and isinstance(block.get("accessory"), dict):
-            elements.append(block["accessory"])
-        for element in elements:
-            if (
-                isinstance(element, dict)
-                and element.get("action_id") == action_id
-                and element.get("value") == value
-            ):
+        if not isinstance(block, dict):
+            continue
+        elements = block.get("elements")
+        candidates = list(elements) if isinstance(elements, list) else []
+        if isinstance(block.get("accessory"), dict):
+            candidates.append(block["accessory"])
+        for element in candidates:
+            if isinstance(element, dict) and element.get("action_id") == action_id and element.get(
+                "value"
+            ) == value:
                 return True
     return False
+
+
+def _obj(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def first_action(body: Any) -> dict:
+    """The clicked action, with `action_id` and `value` as strings (empty when absent or odd)."""
+    actions = body.get("actions") if isinstance(body, dict) else None
+    action = actions[0] if isinstance(actions, list) and actions and isinstance(actions[0], dict) else {}
+    return {
+        **action,
+        "action_id": _str(action.get("action_id")),
+        "value": action.get("value") if isinstance(action.get("value"), str) else None,
+    }
 
 
 def origin_of(body: dict) -> Origin:
     """Who and where, from a slash command or an interaction payload."""
     if "command" in body:
         return Origin(
-            team_id=body.get("team_id") or "",
-            user_id=body.get("user_id") or "",
-            channel_id=body.get("channel_id") or "",
-            enterprise_id=body.get("enterprise_id") or None,
+            team_id=_str(body.get("team_id")),
+            user_id=_str(body.get("user_id")),
+            channel_id=_str(body.get("channel_id")),
+            enterprise_id=_str(body.get("enterprise_id")) or None,
         )
-    user = body.get("user") or {}
-    team = body.get("team") or {}
-    container = body.get("container") or {}
-    channel = body.get("channel") or {}
-    enterprise = body.get("enterprise") or {}
+    user, team, container, channel, enterprise = (
+        _obj(body.get(key)) for key in ("user", "team", "container", "channel", "enterprise")
+    )
     return Origin(
-        team_id=team.get("id") or user.get("team_id") or "",
-        user_id=user.get("id") or "",
-        channel_id=container.get("channel_id") or channel.get("id") or "",
-        enterprise_id=(enterprise.get("id") if isinstance(enterprise, dict) else None)
-        or team.get("enterprise_id"),
+        team_id=_str(team.get("id")) or _str(user.get("team_id")),
+        user_id=_str(user.get("id")),
+        channel_id=_str(container.get("channel_id")) or _str(channel.get("id")),
+        enterprise_id=_str(enterprise.get("id")) or _str(team.get("enterprise_id")) or None,
     )
 
 
@@ -212,11 +229,11 @@ class SlackHandlers:
     # -- buttons ---------------------------------------------------------------------------
 
     async def on_cancel_click(self, ack, body: dict, respond) -> None:
+        await ack()  # first: nothing in a malformed payload may delay the ack
         origin = origin_of(body)
-        await ack()
         try:
             self.access.check_workspace(origin.team_id, origin.enterprise_id)
-            action = (body.get("actions") or [{}])[0]
+            action = first_action(body)
             action_id = str(action.get("action_id") or "")
             kind = CANCEL_ACTIONS.match(action_id)
             need_schema = {"cancel_schema": True, "cancel_sync": False}.get(
@@ -224,9 +241,9 @@ class SlackHandlers:
             )
             raw_value = action.get("value")
             sync_id, schema_id = parse_button_value(raw_value, need_schema=need_schema)
-            container = body.get("container") or {}
+            container = _obj(body.get("container"))
             ephemeral = bool(container.get("is_ephemeral"))
-            message = None if ephemeral else body.get("message")
+            message = None if ephemeral else (_obj(body.get("message")) or None)
             if not _button_on_card(message, action_id, raw_value):
                 raise BadButton("This button's target does not match the card it is on.")
             if message and message.get("ts"):
@@ -244,13 +261,13 @@ class SlackHandlers:
             await self.answer_error(exc, respond, origin, click=True)
 
     async def on_refresh_click(self, ack, body: dict, respond) -> None:
+        await ack()  # first: nothing in a malformed payload may delay the ack
         origin = origin_of(body)
-        await ack()
         try:
             self.access.check_workspace(origin.team_id, origin.enterprise_id)
-            action = (body.get("actions") or [{}])[0]
+            action = first_action(body)
             sync_id, _ = parse_button_value(action.get("value"), need_schema=None)
-            container = body.get("container") or {}
+            container = _obj(body.get("container"))
             sync = await self.client.get_sync(sync_id)
             status = await self.client.get_sync_status(sync_id)
             card = cards.status_card(sync, status, now=datetime.now(UTC))
@@ -263,7 +280,7 @@ class SlackHandlers:
 
     async def on_unknown_action(self, ack, body: dict, respond) -> None:
         await ack()
-        action = (body.get("actions") or [{}])[0]
+        action = first_action(body)
         log.info("ignored unknown action %r", str(action.get("action_id"))[:80])
         await self.answer_error(BadButton("I do not know this button."), respond, origin_of(body), click=True)
 
@@ -304,6 +321,13 @@ class SlackHandlers:
         if isinstance(exc, CannotPost):
             if exc.error == "not_in_channel":
                 return cards.not_in_channel(exc.channel_id)
+            if exc.error in ("invalid_auth", "token_revoked", "account_inactive", "not_authed"):
+                text = (
+                    f"Slack refused the bot's token ({exc.error}), so nothing was cancelled. "
+                    "An operator must check SLACK_BOT_TOKEN (reinstall the app if it was revoked)."
+                )
+                block = {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+                return {"text": text, "blocks": [block]}
             text = (
                 f"I cannot post in this channel ({exc.error}), so nothing was cancelled. "
                 "Try from a channel I am in."
@@ -374,9 +398,9 @@ class SlackHandlers:
 def _sent_message(result: CancelResult, link: str | None) -> dict:
     w = result.watch
     what = (
-        f"`{cards.escape(w.schema_label or w.schema_id)}` in *{cards.escape(w.sync_name)}*"
+        f"{cards.code(w.schema_label or w.schema_id)} in {cards.code(w.sync_name)}"
         if w.schema_id
-        else f"the running execution of *{cards.escape(w.sync_name)}*"
+        else f"the running execution of {cards.code(w.sync_name)}"
     )
     where = f"<{link}|the thread>" if link else "the thread in this channel"
     if w.outcome == "cancel_failed":

@@ -56,9 +56,7 @@ def observe(w: Watch, status: SyncStatus | None, execution: Execution | None = N
     if ex is None:
         ex = execution
     if ex is None:
-        if w.schema_id is None:
-            return Observation(outcome="not_found", detail="the execution is no longer known to Polytomic")
-        return Observation(outcome="execution_ended", detail="the run is no longer listed by Polytomic")
+        return Observation(outcome="not_found", detail="the execution is no longer known to Polytomic")
     if w.schema_id is None:
         if is_terminal(ex.status):
             return Observation(state=ex.status, outcome=ex.status, detail=ex.status_message)
@@ -67,7 +65,7 @@ def observe(w: Watch, status: SyncStatus | None, execution: Execution | None = N
     if entry is None:
         if is_terminal(ex.status):
             return Observation(outcome="execution_ended", detail=f"the execution ended {ex.status}")
-        return Observation(outcome="execution_ended", detail="the schema is no longer listed in the run")
+        return Observation(outcome="vanished", detail="the schema is no longer listed in the running run")
     if is_terminal(entry.status):
         return Observation(state=entry.status, outcome=entry.status, detail=entry.status_message)
     if is_terminal(ex.status):
@@ -114,6 +112,7 @@ class Watcher:
         self._interval: dict[str, float] = {}  # per sync
         self._next_poll: dict[str, float] = {}  # per sync, monotonic
         self._polling: set[str] = set()
+        self._hold_until: dict[str, float] = {}  # per sync, monotonic: Retry-After from Polytomic
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -265,8 +264,9 @@ class Watcher:
                     )
                 )
                 self._interval[sync_id] = interval
-                self._next_poll[sync_id] = time.monotonic() + (
-                    self.poll_interval_s if changed else self._interval[sync_id]
+                self._next_poll[sync_id] = max(
+                    time.monotonic() + (self.poll_interval_s if changed else self._interval[sync_id]),
+                    self._hold_until.pop(sync_id, 0.0),  # Polytomic's Retry-After
                 )
             else:
                 self._next_poll.pop(sync_id, None)
@@ -322,6 +322,9 @@ class Watcher:
             return True
         except PolytomicError as exc:
             error = exc
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after:
+                self._hold_until[sync_id] = time.monotonic() + min(float(retry_after), 3600.0)
 
         now = self._clock()
         for w in ready:
@@ -391,12 +394,13 @@ class Watcher:
             try:
                 await self.notifier.state_changed(w, obs.state, obs.detail)
             except SlackWriteError as exc:
-                if not exc.permanent:
-                    log.warning("state change of watch %s not posted (%s); will retry", w.id, exc.error)
-                    w.last_state = previous
-                    await self.store.update_watch(w.id, last_state=previous)
-                    return False
-                log.warning("state change of watch %s cannot be posted: %s", w.id, exc.error)
+                # Permanent errors too (bot removed, channel archived, token revoked): a person
+                # fixes them, and the state change must not be lost meanwhile. The retry costs
+                # one call per poll, bounded by the poll back-off and the deadline.
+                log.warning("state change of watch %s not posted (%s); will retry", w.id, exc.error)
+                w.last_state = previous
+                await self.store.update_watch(w.id, last_state=previous)
+                return False
             changed = True
         if obs.outcome is not None:
             if obs.state:

@@ -46,13 +46,14 @@ def test_schema_completed_first_and_execution_moved_to_last():
 
 def test_schema_vanished_or_execution_ended_around_it():
     w = _watch()
-    assert observe(w, SyncStatus(current_execution=_ex("running", []))).outcome == "execution_ended"
+    # the schema is no longer listed in a running execution: say that, not that the run ended
+    assert observe(w, SyncStatus(current_execution=_ex("running", []))).outcome == "vanished"
     assert (
         observe(w, SyncStatus(last_execution=_ex("canceled", [("accounts", "running")]))).outcome
         == "execution_ended"
     )
-    # neither current nor last, and not found by id
-    assert observe(w, SyncStatus(current_execution=_ex("running", exec_id="e2"))).outcome == "execution_ended"
+    # neither current nor last, and not found by id: the execution is gone
+    assert observe(w, SyncStatus(current_execution=_ex("running", exec_id="e2"))).outcome == "not_found"
 
 
 def test_whole_execution_states():

@@ -23,6 +23,11 @@ _TOKEN_RE = re.compile(r"[^\w]+")
 
 MAX_CANDIDATES = 5
 _CUTOFF = 0.6
+# Fuzzy matching is quadratic in the lengths compared and runs on the event loop: a 4,000-character
+# query against a few hundred names took seconds. Only this many characters of the query, of each
+# name and of each name token are compared, and only this many tokens of a name are tried.
+_FUZZY_CHARS = 64
+_FUZZY_TOKENS = 16
 
 
 def looks_like_uuid(text: str) -> bool:
@@ -34,19 +39,30 @@ def _fold(text: str | None) -> str:
     return (text or "").strip().casefold()
 
 
+def _ratio(a: str, b: str) -> float:
+    """SequenceMatcher ratio of the first `_FUZZY_CHARS` characters, skipped when even its cheap
+    upper bound cannot reach the cut-off."""
+    matcher = difflib.SequenceMatcher(None, a[:_FUZZY_CHARS], b[:_FUZZY_CHARS], autojunk=False)
+    if matcher.real_quick_ratio() < _CUTOFF * 0.9 or matcher.quick_ratio() < _CUTOFF * 0.9:
+        return 0.0
+    return matcher.ratio()
+
+
 def _score(query: str, name: str) -> float:
-    """Similarity of two casefolded strings in [0, 1]; substring and per-word matches count."""
+    """Similarity of two casefolded strings in [0, 1]; substring and per-word matches count.
+
+    The work is bounded (see `_FUZZY_CHARS`): at most ~(1 + `_FUZZY_TOKENS`) comparisons of
+    64 x 64 characters per name, whatever the lengths of the query and the name."""
     if not query or not name:
         return 0.0
-    score = difflib.SequenceMatcher(None, query, name, autojunk=False).ratio()
+    score = _ratio(query, name)
     if query in name or name in query:
         shorter, longer = sorted((len(query), len(name)))
         score = max(score, 0.7 + 0.3 * shorter / longer)
-    tokens = [t for t in _TOKEN_RE.split(name) if t]
+    tokens = [t for t in _TOKEN_RE.split(name[: _FUZZY_CHARS * 4]) if t][:_FUZZY_TOKENS]
     if len(tokens) > 1:
         for token in tokens:
-            ratio = difflib.SequenceMatcher(None, query, token, autojunk=False).ratio()
-            score = max(score, 0.9 * ratio)
+            score = max(score, 0.9 * _ratio(query, token))
     return score
 
 
