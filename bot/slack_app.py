@@ -7,6 +7,7 @@ Listeners raise domain errors; `answer_error` is the only place that turns an er
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -40,6 +41,7 @@ CANCEL_ACTIONS = re.compile(r"\Apolytomic\.(cancel_schema|cancel_sync|confirm_ca
 REFRESH_ACTION = re.compile(r"\Apolytomic\.refresh(:.*)?\Z", re.S)
 ANY_ACTION = re.compile(r".*")
 MAX_VALUE_LEN = 2000
+WORK_PERMITS = 32
 
 
 def parse_button_value(raw: Any, *, need_schema: bool | None) -> tuple[str, str | None]:
@@ -140,13 +142,38 @@ class SlackHandlers:
         self.access = access
         self.notifier = notifier
         self.slack = slack
+        self._work = asyncio.Semaphore(WORK_PERMITS)
 
     def register(self) -> None:
-        self.app.command(re.compile(r"^/.+"))(self.on_command)
-        self.app.action(CANCEL_ACTIONS)(self.on_cancel_click)
-        self.app.action(REFRESH_ACTION)(self.on_refresh_click)
+        self.app.command(re.compile(r"^/.+"))(self._queued(self.on_command))
+        self.app.action(CANCEL_ACTIONS)(self._queued(self.on_cancel_click))
+        self.app.action(REFRESH_ACTION)(self._queued(self.on_refresh_click))
         self.app.action(ANY_ACTION)(self.on_unknown_action)
         self.app.error(self.on_bolt_error)
+
+    def _queued(self, listener):
+        """The work a listener does after its ack (Polytomic, the store, Slack) waits for one of
+        `WORK_PERMITS`; the ack itself never waits. A burst then queues as cheap coroutines instead
+        of hundreds of requests in flight, which keeps the event loop, and every later ack, fast."""
+
+        async def handler(ack, body, respond) -> None:
+            held = False
+
+            async def ack_then_queue(*args, **kwargs) -> None:
+                nonlocal held
+                await ack(*args, **kwargs)
+                if not held:
+                    await self._work.acquire()
+                    held = True
+
+            try:
+                await listener(ack_then_queue, body, respond)
+            finally:
+                if held:
+                    self._work.release()
+
+        handler.__name__ = listener.__name__
+        return handler
 
     # -- slash command ---------------------------------------------------------------------
 

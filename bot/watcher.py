@@ -203,6 +203,15 @@ class Watcher:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, min(wait, 1.0)))
 
     async def _claim_and_renew(self) -> None:
+        """Renew what is held, then claim: again at once while claims come back full (bounded),
+        so that a start, restart or takeover with thousands of open watches is quick."""
+        for _ in range(20):
+            before = len(self.held)
+            await self._claim_and_renew_once()
+            if len(self.held) - before < 100 or self._draining:
+                break
+
+    async def _claim_and_renew_once(self) -> None:
         starting = set(self.service.starting)  # a snapshot: the set changes during the awaits
         ids = list(dict.fromkeys([*self.held, *starting]))
         if ids:

@@ -179,6 +179,7 @@ class PolytomicClient:
         self._budget = retry_budget_s
         self._backoff_base = backoff_base_s
         self._backoff_cap = backoff_cap_s
+        self._inflight = asyncio.Semaphore(max_connections)
         self._http = httpx.AsyncClient(
             headers={
                 "Authorization": authorization,
@@ -410,9 +411,12 @@ class PolytomicClient:
             retry_after: float | None = None
             response: httpx.Response | None = None
             try:
-                response = await self._http.request(
-                    method, url, params=params, headers=headers, timeout=timeout
-                )
+                # Bounded in flight: beyond the pool size httpcore queues requests and rescans the
+                # queue on every state change (quadratic under a burst).
+                async with self._inflight:
+                    response = await self._http.request(
+                        method, url, params=params, headers=headers, timeout=timeout
+                    )
             except httpx.TimeoutException as exc:
                 error = PolytomicTimeout(
                     f"{method} {template}: no answer in time ({type(exc).__name__})"
