@@ -338,6 +338,24 @@ class CancelService:
         if self.on_watch is not None and watch.finished_at is None:
             self.on_watch(watch)
 
+    async def _audit_watch(
+        self, watch: Watch, action: str, outcome: str, *, detail: str | None = None
+    ) -> None:
+        """One audit record about a watch: who asked for what, where, and how it went."""
+        await self.store.audit(
+            action=action,
+            outcome=outcome,
+            team_id=watch.team_id,
+            user_id=watch.requested_by,
+            channel_id=watch.channel_id,
+            sync_id=watch.sync_id,
+            schema_id=watch.schema_id,
+            execution_id=watch.execution_id,
+            detail=detail,
+            request_id=watch.request_id,
+            watch_id=watch.id,
+        )
+
     async def send_cancel(self, watch: Watch) -> None:
         try:
             if watch.schema_id is not None:
@@ -353,18 +371,8 @@ class CancelService:
             # key). The same key is sent again by the watcher's next poll (until the deadline).
             log.warning("cancel for watch %s not confirmed (%s); will send it again with the same key",
                         watch.id, type(exc).__name__)
-            await self.store.audit(
-                action="cancel_sent",
-                outcome=f"retry:{type(exc).__name__}",
-                team_id=watch.team_id,
-                user_id=watch.requested_by,
-                channel_id=watch.channel_id,
-                sync_id=watch.sync_id,
-                schema_id=watch.schema_id,
-                execution_id=watch.execution_id,
-                detail=exc.message[:500],
-                request_id=watch.request_id,
-                watch_id=watch.id,
+            await self._audit_watch(
+                watch, "cancel_sent", f"retry:{type(exc).__name__}", detail=exc.message[:500]
             )
             if not watch.api_trouble:
                 watch.api_trouble = True  # recorded, then posted (a kill in between loses the notice)
@@ -378,18 +386,8 @@ class CancelService:
             metrics.CANCELS.labels("failed").inc()
             watch.cancel_state = "failed"
             await self.store.update_watch(watch.id, cancel_state="failed")
-            await self.store.audit(
-                action="cancel_sent",
-                outcome=f"error:{type(exc).__name__}",
-                team_id=watch.team_id,
-                user_id=watch.requested_by,
-                channel_id=watch.channel_id,
-                sync_id=watch.sync_id,
-                schema_id=watch.schema_id,
-                execution_id=watch.execution_id,
-                detail=exc.message[:500],
-                request_id=watch.request_id,
-                watch_id=watch.id,
+            await self._audit_watch(
+                watch, "cancel_sent", f"error:{type(exc).__name__}", detail=exc.message[:500]
             )
             await self.conclude(watch, "cancel_failed", detail=exc.message)
             raise
@@ -400,18 +398,7 @@ class CancelService:
             await self.notifier.cancel_requested(watch)
         except SlackWriteError as exc:
             log.warning("could not post 'cancellation requested' for watch %s: %s", watch.id, exc.error)
-        await self.store.audit(
-            action="cancel_sent",
-            outcome="sent",
-            team_id=watch.team_id,
-            user_id=watch.requested_by,
-            channel_id=watch.channel_id,
-            sync_id=watch.sync_id,
-            schema_id=watch.schema_id,
-            execution_id=watch.execution_id,
-            request_id=watch.request_id,
-            watch_id=watch.id,
-        )
+        await self._audit_watch(watch, "cancel_sent", "sent")
 
     async def conclude(self, watch: Watch, outcome: str, *, detail: str | None = None) -> None:
         """Record the end once and post the terminal reply once (CONTRACT: exactly once).
@@ -487,36 +474,13 @@ class CancelService:
             log.warning("could not tell %s how watch %s ended: %s", watch.requested_by, watch.id, exc.error)
 
     async def _audit_end(self, watch: Watch, outcome: str, detail: str | None) -> None:
-        await self.store.audit(
-            action="watch_ended",
-            outcome=outcome,
-            team_id=watch.team_id,
-            user_id=watch.requested_by,
-            channel_id=watch.channel_id,
-            sync_id=watch.sync_id,
-            schema_id=watch.schema_id,
-            execution_id=watch.execution_id,
-            detail=(detail or "")[:500] or None,
-            request_id=watch.request_id,
-            watch_id=watch.id,
-        )
+        await self._audit_watch(watch, "watch_ended", outcome, detail=(detail or "")[:500] or None)
 
     async def _abandon(self, watch: Watch, error: str) -> None:
         """Nothing was sent and no thread exists: close the watch quietly (the user is told)."""
         await self.store.finish_watch(watch.id, "not_sent")
         await self.store.mark_final_posted(watch.id)
-        await self.store.audit(
-            action="cancel_requested",
-            outcome=f"not_sent:{error}",
-            team_id=watch.team_id,
-            user_id=watch.requested_by,
-            channel_id=watch.channel_id,
-            sync_id=watch.sync_id,
-            schema_id=watch.schema_id,
-            execution_id=watch.execution_id,
-            request_id=watch.request_id,
-            watch_id=watch.id,
-        )
+        await self._audit_watch(watch, "cancel_requested", f"not_sent:{error}")
 
 
 def describe_problem(error: PolytomicError) -> str:

@@ -1,10 +1,8 @@
 """The bot with its alerts wired in (long-run monitor, Polytomic event webhooks, message shortcut),
 between the fakes, for tests/test_monitor.py, tests/test_webhooks.py and tests/test_shortcut.py.
 
-`AlertRuntime` adds to `bot.runtime.Runtime` exactly the wiring proposed for it (see the lines
-marked WIRING); once Runtime does it itself, `AlertRuntime` only keeps the test knobs.
-`ThreadUnderForeignMessage` is the proposed `Notifier` change for the message shortcut: on someone
-else's message the story goes into that message's thread (see its docstring).
+`Runtime` wires the alerts itself; `AlertRuntime` only adds the test knobs (a short monitor
+interval), and keeps the fallback wiring for a Runtime built without them.
 """
 
 from __future__ import annotations
@@ -16,48 +14,10 @@ from conftest import SIGNING_SECRET, Bot, World, bot_settings
 
 from bot import shortcut, webhooks
 from bot.monitor import LongRunMonitor
-from bot.notifier import Notifier, SlackWriteError
 from bot.runtime import Runtime, http_server
-from bot.store import Watch
 
 ALERTS = "C0ALERT"
 WEBHOOK_SECRET = "whsec-test-0123456789"
-
-
-class ThreadUnderForeignMessage(Notifier):
-    """Proposed change to `Notifier.open_headline`/`refresh_headline`: when the source message is
-    not ours (`cant_update_message`: the message shortcut on another tool's alert), post the
-    headline as the first reply in that message's thread and keep that message as the root, so
-    every reply goes under it; later headline refreshes of such a root are skipped quietly."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._foreign_roots: set[tuple[str, str]] = set()
-
-    async def open_headline(self, w: Watch) -> str:
-        message = self.headline(w)
-        if w.source_ts:
-            try:
-                await self.update(w.channel_id, w.source_ts, message)
-                return w.source_ts
-            except SlackWriteError as exc:
-                if exc.error == "cant_update_message":
-                    await self.post(w.channel_id, message, thread_ts=w.source_ts)
-                    self._foreign_roots.add((w.channel_id, w.source_ts))
-                    return w.source_ts
-                if exc.error != "message_not_found":
-                    raise
-        return await self.post(w.channel_id, message)
-
-    async def refresh_headline(self, w: Watch) -> None:
-        if not w.root_ts or (w.channel_id, w.root_ts) in self._foreign_roots:
-            return
-        try:
-            await self.update(w.channel_id, w.root_ts, self.headline(w))
-        except SlackWriteError as exc:
-            if exc.error != "cant_update_message":
-                raise
-            self._foreign_roots.add((w.channel_id, w.root_ts))
 
 
 class AlertRuntime(Runtime):
@@ -87,10 +47,7 @@ class AlertRuntime(Runtime):
             if self.monitor is not None and self._monitor_interval_s:
                 self.monitor.interval_s = self._monitor_interval_s
             return
-        # Test-only: the proposed Notifier behaviour (ThreadUnderForeignMessage).
-        notifier = ThreadUnderForeignMessage(self.slack)
-        self.service.notifier = notifier
-        self.watcher.notifier = notifier
+        notifier = self.service.notifier
         # WIRING (Runtime.start, after the service and the Bolt app exist):
         extra = {"interval_s": self._monitor_interval_s} if self._monitor_interval_s else {}
         self.monitor = LongRunMonitor.from_settings(
@@ -174,5 +131,4 @@ __all__ = [
     "AlertBot",
     "AlertRuntime",
     "AlertWorlds",
-    "ThreadUnderForeignMessage",
 ]
