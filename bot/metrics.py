@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 import bot
 from bot import logs
+from bot.slack_errors import KNOWN_SLACK_ERRORS
 
 try:  # `_created` series double the output for nothing a dashboard uses
     from prometheus_client import disable_created_metrics
@@ -127,34 +128,6 @@ _WORD = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _TEMPLATE = re.compile(r"/api(/[a-z_]{1,40}|/\{[a-z_]{1,20}\}){1,8}")
 SUBCOMMANDS = frozenset({"help", "syncs", "status", "cancel"})
 ROUTES = frozenset({"/slack/events", "/polytomic/events", "/healthz", "/readyz", "/metrics"})
-KNOWN_SLACK_ERRORS = frozenset(
-    {
-        "ratelimited",
-        "not_in_channel",
-        "channel_not_found",
-        "is_archived",
-        "invalid_auth",
-        "token_revoked",
-        "account_inactive",
-        "not_authed",
-        "missing_scope",
-        "restricted_action",
-        "msg_too_long",
-        "invalid_blocks",
-        "message_not_found",
-        "cant_update_message",
-        "team_access_not_granted",
-        "ekm_access_denied",
-        "no_permission",
-        "org_login_required",
-        "fatal_error",
-        "internal_error",
-        "service_unavailable",
-        "request_timeout",
-        "no_text",
-        "invalid_arguments",
-    }
-)
 _ERROR_OUTCOMES = (
     ("UsageError", "usage_error"),
     ("AccessDenied", "denied"),

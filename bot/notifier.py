@@ -14,32 +14,11 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import cards, metrics
+from bot.slack_errors import PERMANENT_SLACK_ERRORS
 from bot.store import Watch
 
 log = logging.getLogger("bot.notifier")
 
-# Slack errors that retrying will not fix: tell the user, stop trying.
-PERMANENT_SLACK_ERRORS = frozenset(
-    {
-        "not_in_channel",
-        "channel_not_found",
-        "is_archived",
-        "invalid_auth",
-        "token_revoked",
-        "account_inactive",
-        "not_authed",
-        "missing_scope",
-        "restricted_action",
-        "msg_too_long",
-        "invalid_blocks",
-        "message_not_found",
-        "cant_update_message",
-        "team_access_not_granted",
-        "ekm_access_denied",
-        "no_permission",
-        "org_login_required",
-    }
-)
 
 
 class SlackWriteError(Exception):

@@ -27,6 +27,8 @@ import contextlib
 import json
 import logging
 import secrets
+import sqlite3
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -325,6 +327,21 @@ def _with_search_path(url: str, schema: str) -> str:
 # The store
 
 
+def _set_wal(cur) -> None:  # type: ignore[no-untyped-def]
+    """Switch a SQLite file to WAL. On a new file that other connections are creating at the same
+    moment (replicas starting together), the switch can report "database is locked" at once
+    instead of waiting for busy_timeout, so retry briefly. Runs in aiosqlite's worker thread,
+    not on the event loop."""
+    for attempt in range(50):
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     """Use `await Store.open(url)`; all methods are safe to call concurrently."""
 
@@ -377,7 +394,7 @@ class Store:
             cur.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys = ON")
             if not memory:
-                cur.execute("PRAGMA journal_mode = WAL")
+                _set_wal(cur)
             cur.execute("PRAGMA synchronous = FULL")
             cur.close()
 

@@ -118,3 +118,20 @@ async def world(make_world) -> World:
 
 def pg_url() -> str | None:
     return os.environ.get("BOT_TEST_DATABASE_URL") or None
+
+
+PG_URL = os.environ.get("BOT_TEST_DATABASE_URL")
+needs_pg = pytest.mark.skipif(not PG_URL, reason="BOT_TEST_DATABASE_URL is not set")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_pg)])
+async def db_url(request, tmp_path):
+    """A URL of an empty database of each engine (several Stores may open it); PostgreSQL in an
+    isolated schema, dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'bot.db'}"
+    else:
+        from bot.store import isolated_pg_url
+
+        async with isolated_pg_url(PG_URL) as url:
+            yield url

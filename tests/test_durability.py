@@ -28,14 +28,6 @@ PG_URL = os.environ.get("BOT_TEST_DATABASE_URL")
 needs_pg = pytest.mark.skipif(not PG_URL, reason="BOT_TEST_DATABASE_URL is not set")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_pg)])
-async def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'bot.db'}"
-    else:
-        async with isolated_pg_url(PG_URL) as url:
-            yield url
-
 
 @pytest.fixture
 async def pg_db_url():

@@ -19,7 +19,6 @@ from bot.store import (
     Store,
     Watch,
     _pg_dsn,
-    isolated_pg_url,
     open_test_store,
     schema_version,
     utcnow,
@@ -29,15 +28,6 @@ from bot.store import (
 PG_URL = os.environ.get("BOT_TEST_DATABASE_URL")
 needs_pg = pytest.mark.skipif(not PG_URL, reason="BOT_TEST_DATABASE_URL is not set")
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_pg)])
-async def db_url(request, tmp_path):
-    """A URL of an empty database of each engine (several Stores may open it)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'bot.db'}"
-    else:
-        async with isolated_pg_url(PG_URL) as url:
-            yield url
 
 
 @pytest.fixture
